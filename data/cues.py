@@ -81,7 +81,8 @@ SILENT_FRACTION = 0.05  # ... and near-silent (a fade-out tail, no good to mix o
 CALM_LOOKBACK = 2  # without an outro label, look back at most this many phrases for a calm one
 VOCAL_CLASH = 0.3  # warn when both tracks have vocals over more than this fraction of the blend
 KICK_MIN_SCORE = 0.3  # kick-lock peaks below this normalised correlation are not trusted
-_KICK_LAG_PRIOR = 0.05  # score penalty at the edge of the search range (see `kick_lock_search`)
+_KICK_LAG_PRIOR = 0.1  # score penalty at the edge of the search range (see `kick_lock_search`)
+_KICK_PRE_ROLL = 0.1  # s of audio before the cue that kick-lock also correlates
 _END_SLACK = 0.05  # seconds a blend may overrun the analysed duration (grid rounding)
 _DEFAULT_BPM = 120.0  # bar length for time-based cues when no tempo is usable
 
@@ -616,7 +617,7 @@ def low_band_envelope(
     return signal.resample_poly(envelope, frac.numerator, frac.denominator), rate
 
 
-def _onset_curve(audio, sample_rate: int, t0: float, times: np.ndarray, cutoff_hz: float) -> np.ndarray:
+def _onset_curve(audio, sample_rate: int, times: np.ndarray, cutoff_hz: float) -> np.ndarray:
     """Low-band onset strength of `audio` at `times` (s), computed on the excerpt around them.
 
     Onset = half-wave rectified slope of the envelope: it peaks on the attack, so two kicks
@@ -624,12 +625,11 @@ def _onset_curve(audio, sample_rate: int, t0: float, times: np.ndarray, cutoff_h
     """
     pad = 0.25  # s on each side, so filter edges stay out of the range we read
     lo, hi = float(times[0]) - pad, float(times[-1]) + pad
-    x, _ = _to_numpy(audio)
     i0, i1 = int(math.floor(lo * sample_rate)), int(math.ceil(hi * sample_rate))
+    s0, s1 = max(i0, 0), max(min(i1, audio.shape[-1]), max(i0, 0))
+    x, _ = _to_numpy(audio[..., s0:s1])  # slice first: never copy a whole track
     excerpt = np.zeros((x.shape[0], i1 - i0), dtype=np.float32)  # zeros outside the audio
-    s0, s1 = max(i0, 0), min(i1, x.shape[1])
-    if s1 > s0:
-        excerpt[:, s0 - i0 : s1 - i0] = x[:, s0:s1]
+    excerpt[:, s0 - i0 : s1 - i0] = x
     envelope, rate = low_band_envelope(excerpt, sample_rate, cutoff_hz)
     onset = np.maximum(np.diff(envelope, prepend=envelope[:1]), 0.0)
     # The slope between frames k-1 and k sits half a frame before frame k.
@@ -682,10 +682,13 @@ def kick_lock_search(
     step = 1.0 / env_rate
     search = search_beats * 60.0 / bpm
     n_lag = int(round(search * env_rate))
-    u = np.arange(int(round(window_beats * 60.0 / bpm * env_rate))) * step  # mix seconds from the cue
-    v = np.arange(-n_lag, len(u) + n_lag) * step
-    env_a = _onset_curve(audio_a, sample_rate, cue_a, cue_a + u, cutoff_hz)
-    env_b = _onset_curve(audio_b, sample_rate, cue_b, cue_b + v * tempo_ratio, cutoff_hz)
+    # The window opens a little before the cue: a kick right on the cue rises just before it.
+    n_pre = int(round(_KICK_PRE_ROLL * env_rate))
+    n_win = n_pre + int(round(window_beats * 60.0 / bpm * env_rate))
+    u = (np.arange(n_win) - n_pre) * step  # mix seconds from the cue
+    v = (np.arange(n_win + 2 * n_lag) - n_lag - n_pre) * step  # B: the same, +-search around it
+    env_a = _onset_curve(audio_a, sample_rate, cue_a + u, cutoff_hz)
+    env_b = _onset_curve(audio_b, sample_rate, cue_b + v * tempo_ratio, cutoff_hz)
     ncc = _normalised_xcorr(env_a, env_b)  # index k <-> B moved later by (n_lag - k) * step
     lags = (n_lag - np.arange(len(ncc))) * step
     if not np.any(ncc > 0):

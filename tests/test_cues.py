@@ -326,7 +326,7 @@ BPM = 124.0
 BEAT = 60.0 / BPM
 
 
-@pytest.mark.parametrize("shift", [0.037, -0.037, 0.2])
+@pytest.mark.parametrize("shift", [0.037, -0.037, 0.15, -0.15])
 @pytest.mark.parametrize("noise", [0.0, 0.5])
 def test_kick_lock_recovers_shift(shift, noise):
     """B's kicks come `shift` s before the cue-aligned A kicks: B must move later by `shift`."""
@@ -336,6 +336,15 @@ def test_kick_lock_recovers_shift(shift, noise):
     b = kick_train(12.0, BEAT, cue_b - shift, hit=kick(120.0, 45.0, 0.1), noise=noise, seed=2)
     offset = kick_lock_offset(a, b, SR, cue_a, cue_b, BPM)
     assert offset == pytest.approx(shift, abs=0.002)
+
+
+def test_kick_lock_searches_a_whole_beat():
+    """Kicks on beats 1 and 3 only: a 0.7-beat lag is unambiguous within +-1 beat and is found."""
+    cue_a, cue_b, shift = 0.5 + 8 * BEAT, 2.0, -0.7 * BEAT
+    a = kick_train(12.0, 2 * BEAT, 0.5)
+    b = kick_train(12.0, 2 * BEAT, cue_b - shift)
+    assert kick_lock_offset(a, b, SR, cue_a, cue_b, BPM) == pytest.approx(shift, abs=0.002)
+    assert kick_lock_offset(a, b, SR, cue_a, cue_b, BPM, search_beats=0.5) != pytest.approx(shift, abs=0.002)
 
 
 def test_kick_lock_through_tempo_ratio_and_torch():
