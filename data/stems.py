@@ -157,6 +157,7 @@ class DemucsSeparator(Separator):
         if segment is not None and segment <= 0:
             raise ValueError(f"segment must be > 0 seconds, got {segment}")
         self.model_spec = model
+        self.name = f"demucs:{type(model).__name__ if isinstance(model, torch.nn.Module) else model}"
         self.device = _resolve_device(device)
         self.shifts = int(shifts)
         self.overlap = float(overlap)
@@ -313,7 +314,7 @@ def _load_demucs(spec: str | os.PathLike) -> torch.nn.Module:
 
     known = pretrained_names()
     hub_name = text.removeprefix("hf://")
-    if "/" not in hub_name and hub_name not in known and not _is_signature(hub_name):
+    if text == hub_name and "/" not in text and text not in known and not _is_signature(text):
         raise SeparatorUnavailable(f"unknown Demucs model {text!r}; pretrained names: {', '.join(known)}")
     loader = cached_pretrained_loader(hub_name)
     if loader is not None:
@@ -554,7 +555,7 @@ class DSPSeparator(Separator):
 
     @property
     def cache_key(self) -> str:
-        return (f"dsp:v1:n_fft={self.n_fft}:hop={self.hop_length}:k={self.hpss_kernel}:bass={self.bass_hz}"
+        return (f"dsp:v2:n_fft={self.n_fft}:hop={self.hop_length}:k={self.hpss_kernel}:bass={self.bass_hz}"
                 f":vocal={self.vocal_hz}:sustain={self.sustain_s}")
 
     def masks(self, magnitude: np.ndarray, sample_rate: int) -> np.ndarray:

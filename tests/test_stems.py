@@ -178,6 +178,26 @@ def test_offline_htdemucs_raises_quickly_with_actionable_message(monkeypatch):
     assert "--separator dsp" in message
 
 
+def test_torch_hub_cache_is_used_without_network(tmp_path, monkeypatch):
+    if S._hf_cached_loader("htdemucs") is not None:
+        pytest.skip("htdemucs weights are in the HuggingFace cache")
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    try:
+        assert S.cached_pretrained_loader("htdemucs") is None
+        (tmp_path / "checkpoints").mkdir()
+        files = S.expected_weight_files("htdemucs")
+        assert files and all(f.endswith(".th") for f in files)
+        for name in files:
+            (tmp_path / "checkpoints" / name).write_bytes(b"not a checkpoint")
+        assert S.cached_pretrained_loader("htdemucs") is not None
+        monkeypatch.setattr(S, "_hub_reachable", lambda *a, **k: pytest.fail("probed the network"))
+        with pytest.raises(S.SeparatorUnavailable, match="cached weights of Demucs model 'htdemucs'"):
+            S.DemucsSeparator("htdemucs").separate(synth_track(0.5))
+    finally:
+        torch.hub.set_dir(previous)
+
+
 @pytest.mark.parametrize("error", ["url", "loading"])
 def test_download_failures_become_separator_unavailable(monkeypatch, error):
     from urllib.error import URLError
