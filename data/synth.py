@@ -715,7 +715,7 @@ def _cymbal(rng, sr: int, decay: float, cutoff: float, base: float = 1.0, channe
 
 def _perc(rng, sr: int, kind: str) -> np.ndarray:
     """Conga, shaker, rim shot or tambourine one-shot -> [L]."""
-    n = int(0.3 * sr)
+    n = int({"conga": 0.4, "shaker": 0.15, "rim": 0.1}.get(kind, 0.25) * sr)  # ~ -40 dB at the end
     t = _time(n, sr)
     if kind == "conga":
         f = rng.uniform(190.0, 380.0) * (1 + 0.15 * np.exp(-t / 0.01))
@@ -759,7 +759,7 @@ def _make_kit(family: str, rng, sr: int, tonic: int) -> dict[str, list[np.ndarra
         "snare": snares,
         "hat": [mono(_cymbal(rng, sr, hat_decay, 7000.0), hat_pan) for _ in range(3)],
         "ohat": [mono(_cymbal(rng, sr, rng.uniform(0.08, 0.16), 6500.0), -0.5 * hat_pan) for _ in range(2)],
-        "ride": [mono(_cymbal(rng, sr, 0.5, 3000.0, base=2.5), -hat_pan)],
+        "ride": [mono(_cymbal(rng, sr, 0.3, 3000.0, base=2.5), -hat_pan)],
         "perc": [mono(_perc(rng, sr, perc_kind), -1.5 * hat_pan) for _ in range(2)],
         "crash": [_cymbal(rng, sr, rng.uniform(0.6, 1.0), 3500.0, channels=2)],
     }
@@ -1303,8 +1303,7 @@ def _render_vocals(out, grid: _Grid, arr: _Arrangement, spec: StyleSpec, rng) ->
     scale = _SCALES[arr.minor]
     motifs: dict[tuple[str, int], list[_Syllable]] = {}
     cache: dict[tuple, tuple[float, np.ndarray]] = {}
-    room = np.zeros((2, int(0.02 * sr)), dtype=np.float32)  # two early reflections for a little width
-    room[0, int(0.011 * sr)], room[1, int(0.017 * sr)] = 0.12, 0.12
+    reflections = (int(0.011 * sr), int(0.017 * sr))  # one early reflection per side for a little width
     intervals = []
     for s in [s for s in arr.sections if s.vocals]:
         mode = "rap" if s.style_label == "verse" and spec.form == "song" else "sung"
@@ -1325,7 +1324,7 @@ def _render_vocals(out, grid: _Grid, arr: _Arrangement, spec: StyleSpec, rng) ->
                 v = dict(voice, glide=voice["glide"] * (0.5 if mode == "rap" else 1.0),
                          vibrato=voice["vibrato"] * (0.1 if mode == "rap" else 1.0))
                 x = _render_phrase(onsets, lengths, midis, syl, sr, v, rng)
-                cache[key] = (float(onsets[0]), _reverb(x[None].repeat(2, axis=0), room, 1.0))
+                cache[key] = (float(onsets[0]), _with_reflections(x, reflections, 0.12))
             first, x = cache[key]
             start = int(round((grid.bar_time(bar) + first) * sr))
             _place(out, x, start)
@@ -1333,6 +1332,15 @@ def _render_vocals(out, grid: _Grid, arr: _Arrangement, spec: StyleSpec, rng) ->
             if s1 > s0:
                 intervals.append([s0 / sr, s1 / sr])
     return _merge(intervals)
+
+
+def _with_reflections(x: np.ndarray, delays: tuple[int, int], gain: float) -> np.ndarray:
+    """Mono [L] -> stereo [2, L + max(delays)]: the dry voice plus one delayed copy per channel."""
+    y = np.zeros((2, x.size + max(delays)), dtype=np.float32)
+    y[:, : x.size] = x
+    for ch, d in enumerate(delays):
+        y[ch, d : d + x.size] += np.float32(gain) * x
+    return y
 
 
 def _merge(intervals: list[list[float]]) -> list[list[float]]:
