@@ -269,15 +269,17 @@ class DifferentiableDJMixer(nn.Module):
 
         One frame of pre-delay.
 
-        Per bin: state d[m] = g[m] d[m-1] + conj(P[m]) sqrt(1 - g[m]^2) x[m-1], output P[m] d[m], so
+        Per bin: state d[m] = g[m] d[m-1] + sqrt(1 - g[m]^2) conj(P[m-1]) x[m-1], output P[m] d[m], so
         the tail decays by 60 dB in RT60 seconds and a stationary input keeps its energy.
         """
         cfg = self.config
         log_g = -math.log(1000.0) * cfg.hop_length / (cfg.sample_rate * rt60)  # [B, M, 1], <= 0
         norm = torch.sqrt(-torch.expm1(2.0 * log_g))
         phase = self._phase(x.shape[-2], x.device)
-        delayed = torch.cat([torch.zeros_like(x[..., :1, :]), x[..., :-1, :]], dim=-2)
-        drive = delayed * (norm[:, None] * phase.conj())
+        # Input enters with the phase of its own frame and leaves with a later frame's, so no
+        # input/output pair shares a phase (a shared one would pass the first frame coherently).
+        scrambled = x * phase.conj()
+        drive = torch.cat([torch.zeros_like(x[..., :1, :]), scrambled[..., :-1, :]], dim=-2) * norm[:, None]
         return _leaky_scan(drive, log_g[:, None], cfg.reverb_chunk) * (phase * level)
 
 

@@ -15,7 +15,7 @@ Every parameter lives in *model space* u in [0, 1] (what the diffusion model gen
 | reverb_send      | amplitude 0..1           | linear  | 0.0                     |
 | delay_send       | amplitude 0..1           | linear  | 0.0                     |
 | delay_feedback   | ratio 0..0.9             | linear  | 0.5 (0.45)              |
-| crossfader       | position 0 (A)..1 (B)    | linear  | 0.0 (A)                 |
+| crossfader       | position 0 (A)..1 (B)    | linear  | 0.5 (centre)            |
 | master_gain      | -26..+6 dB               | linear  | 0.8125 (exactly 0 dB)   |
 | reverb_return    | amplitude 0..1           | linear  | 1.0 (unity)             |
 | reverb_decay     | RT60 0.2..8 s            | log     | 0.625 (2.0 s)           |
@@ -76,7 +76,8 @@ CONTROLS: dict[str, ControlSpec] = {
     "reverb_send": ControlSpec("amplitude", 0.0, 1.0, False, 0.0, "send to the reverb bus"),
     "delay_send": ControlSpec("amplitude", 0.0, 1.0, False, 0.0, "send to this track's delay"),
     "delay_feedback": ControlSpec("ratio", 0.0, 0.9, False, 0.5, "echo feedback per repeat"),
-    "crossfader": ControlSpec("position", 0.0, 1.0, False, 0.0, "0 = A, 1 = B, constant power"),
+    # Centre is neutral: both tracks pass (at -3 dB each), so neither one's controls are dead.
+    "crossfader": ControlSpec("position", 0.0, 1.0, False, 0.5, "0 = A, 1 = B, constant power"),
     "master_gain": ControlSpec("dB", *EQ_DB_RANGE, False, EQ_NEUTRAL, "master level"),
     "reverb_return": ControlSpec("amplitude", 0.0, 1.0, False, 1.0, "reverb bus return level"),
     "reverb_decay": ControlSpec("s", 0.2, 8.0, True, 0.625, "reverb RT60"),
@@ -235,7 +236,10 @@ class ParamLayout:
     def expand_to(self, curves: torch.Tensor, other: ParamLayout) -> torch.Tensor:
         """Curves [..., F, P] in this layout -> [..., F, P'] in `other`, missing columns at neutral."""
         self._check_width(curves)
-        out = other._neutral.to(curves.device, curves.dtype).expand(*curves.shape[:-1], len(other)).clone()
+        fill = other._neutral.clone()
+        if self.reverb_from_master and "reverb_return" in other._index:
+            fill[other._index["reverb_return"]] = 0.0  # master-fed reverb is out of the path unless asked for
+        out = fill.to(curves.device, curves.dtype).expand(*curves.shape[:-1], len(other)).clone()
         for i, p in enumerate(self.params):
             if p.name in other._index:
                 out[..., other._index[p.name]] = curves[..., i]
