@@ -16,6 +16,9 @@ Usage:
     python benchmarks/bench_stems.py            # 30 s track, two 5 s windows (~3-4 min, 2 CPU cores)
     python benchmarks/bench_stems.py --full     # 3 min track, two 30 s windows (~15 min on 2 cores)
     python benchmarks/bench_stems.py --models demucs_unittest,dsp --seconds 180 --window 30
+
+On a machine shared with other jobs pass `--threads 1`: a 2-thread OpenMP pool competing with
+other processes made small Demucs layers (the LSTMs of demucs_unittest) 10-40x slower here.
 """
 
 from __future__ import annotations
