@@ -154,6 +154,14 @@ def test_a_mixes_out_in_outro_not_breakdown(labelled):
     assert plan.a_end == pytest.approx(plan.a_start + 16 * 4 * 60 / 128)
 
 
+def test_unlabelled_track_ending_loud_mixes_out_at_latest_calm_phrase():
+    layout = (("intro", 16), ("drop", 32), ("bridge", 16), ("drop", 32), ("outro", 24), ("drop", 8))
+    a = make_analysis(128, layout=layout, labelled=False)
+    plan = select_cues(a, TRACK_B, bars=16)
+    assert _bar_index(plan.a_start, a) == 104  # bars 104..120: calm; 112..128 runs into the loud end
+    assert any("calm phrase" in r for r in plan.reasons)
+
+
 def test_b_enters_at_intro_and_tempo_ratio():
     plan = select_cues(TRACK_A, TRACK_B, bars=16)
     assert plan.b_start == pytest.approx(0.52)
@@ -228,6 +236,7 @@ def test_warnings_for_poor_key_and_far_tempo():
     plan = select_cues(TRACK_A, far, bars=8)
     assert not plan.bpm_ok
     assert any("poor key" in w for w in plan.warnings)
+    assert any("not fully compatible" in w for w in select_cues(TRACK_A, make_analysis(64, key="9B")).warnings)
     assert any("tempo outside" in w for w in plan.warnings)
     double = make_analysis(64, bpm=256.0, key="8A")
     plan = select_cues(TRACK_A, double, bars=8)
@@ -352,13 +361,22 @@ def test_kick_lock_through_tempo_ratio_and_torch():
     cue_a, cue_b = 0.5 + 8 * BEAT, 1.0
     a = torch.from_numpy(kick_train(12.0, BEAT, 0.5))
     b = torch.from_numpy(kick_train(14.0, BEAT * ratio, cue_b - 0.037 * ratio))
-    offset, score = kick_lock_search(a, b, SR, cue_a, cue_b, BPM, tempo_ratio=ratio)
-    assert offset == pytest.approx(0.037, abs=0.002) and score > 0.9
+    lock = kick_lock_search(a, b, SR, cue_a, cue_b, BPM, tempo_ratio=ratio)
+    assert lock.offset == pytest.approx(0.037, abs=0.002) and lock.score > 0.9 and lock.trusted
 
 
 def test_kick_lock_silence_gives_zero():
     silent = np.zeros((2, 8 * SR), dtype=np.float32)
-    assert kick_lock_search(silent, silent, SR, 2.0, 1.0, BPM) == (0.0, 0.0)
+    lock = kick_lock_search(silent, silent, SR, 2.0, 1.0, BPM)
+    assert lock.offset == 0.0 and not lock.trusted
+
+
+def test_kick_lock_distrusts_a_sub_beat_rival():
+    """B's low band has a second, equally strong onset a 16th after each kick: ambiguous."""
+    cue_a, cue_b = 0.5 + 8 * BEAT, 1.0
+    a = kick_train(12.0, BEAT, 0.5) + kick_train(12.0, BEAT, 0.5 + BEAT / 4)
+    b = kick_train(12.0, BEAT, cue_b)
+    assert not kick_lock_search(a, b, SR, cue_a, cue_b, BPM).trusted
 
 
 # --------------------------------------------------------------------------- plan_transition
@@ -379,3 +397,45 @@ def test_plan_transition_combines_everything():
     assert plan.kick_offset == pytest.approx(grid_error, abs=0.002)
     assert plan.b_time_at(plan.a_start + plan.kick_offset) == pytest.approx(plan.b_start)
     assert any("kick-lock" in r for r in plan.reasons) and not plan.warnings
+
+
+# --------------------------------------------------------------------------- synthetic tracks
+
+
+def analysis_from_truth(track, grid_shift: float = 0.0) -> TrackAnalysis:
+    """TrackAnalysis from data.synth ground truth; `grid_shift` s moves the beat grid later."""
+    truth, mix = track.truth, track.mix
+    hop = SR // 10
+    frames = mix[:, : mix.shape[1] // hop * hop].reshape(2, -1, hop)
+    return TrackAnalysis(
+        duration=truth["duration"],
+        bpm=truth["bpm"],
+        beats=np.asarray(truth["beats"]) + grid_shift,
+        downbeats=np.asarray(truth["downbeats"]) + grid_shift,
+        key_index=truth["key_index"],
+        key_confidence=1.0,
+        energy=np.sqrt(np.mean(frames**2, axis=(0, 2))),
+        energy_rate=10.0,
+        lufs=-10.0,
+        sections=[Section(s["start"], s["end"], s["label"]) for s in truth["sections"]],
+        vocal_activity=[tuple(v) for v in truth["vocal_activity"]],
+    )
+
+
+def test_synth_tracks_end_to_end():
+    synth = pytest.importorskip("data.synth")
+    track_a = synth.synthesize_track(3, style="house", duration=75.0, bpm=124.0)
+    track_b = synth.synthesize_track(4, style="house", duration=60.0, bpm=125.0)
+    a = analysis_from_truth(track_a)
+    b = analysis_from_truth(track_b, grid_shift=0.02)  # B's grid 20 ms late: kick-lock should say +20 ms
+    plan = plan_transition(a, b, track_a.mix, track_b.mix, SR, bars=8)
+    bar = 4 * 60.0 / a.bpm
+    outro = [s for s in a.sections if s.label == "outro"][-1]
+    assert _is_downbeat(plan.a_start, a) and plan.a_end <= a.duration + 1e-6
+    assert plan.a_start >= outro.start - bar / 2 or plan.a_end > outro.start
+    assert plan.b_start == pytest.approx(b.downbeats[0])
+    assert plan.tempo_ratio == pytest.approx(124.0 / 125.0) and plan.bpm_ok
+    if any("kick-lock unsure" in w for w in plan.warnings):
+        assert plan.kick_offset == 0.0
+    else:
+        assert plan.kick_offset == pytest.approx(0.02 / plan.applied_ratio, abs=0.005)
