@@ -1,0 +1,334 @@
+"""Datasets of transitions: the processed on-disk layout, and on-the-fly synthetic pairs.
+
+Each item is one transition clip: features of A and of B on the curve grid (the model's
+`TrackFeatures`, unbatched), the teacher curves [F, P] in model space (when labelled), a frame
+mask, the recipe label, and optionally the stems and the target audio (for the audio loss).
+
+Frame grid: F frames spanning the clip end to end (frame i at sample i * (N - 1) / (F - 1), the
+mixer's convention), so curves, features and the rendered audio line up exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from data.analysis import SECTION_LABELS
+from effects.params import FULL, SAMPLE_RATE, STEMS, get_layout
+from model.conditioning import N_KEYS, TrackFeatures
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MEL_N_FFT = 2048
+MEL_HOP = 512
+
+
+# -- features -------------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def _mel_basis(n_mels: int, sample_rate: int) -> torch.Tensor:
+    import librosa
+
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=MEL_N_FFT, n_mels=n_mels, fmin=20.0, fmax=16_000.0)
+    return torch.from_numpy(basis).float()
+
+
+def frame_times(n_frames: int, n_samples: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Seconds of the F curve frames: frame i at sample i * (N - 1) / (F - 1)."""
+    if n_frames == 1:
+        return np.zeros(1)
+    return np.arange(n_frames) * (n_samples - 1) / (n_frames - 1) / sample_rate
+
+
+def _pool_to_frames(x: torch.Tensor, centres: np.ndarray, hop: int, n_frames: int) -> torch.Tensor:
+    """Average fine frames [..., M] (centres at m * hop samples) into F frames around `centres` (samples)."""
+    m = x.shape[-1]
+    half = max(hop, (centres[1] - centres[0]) / 2 if n_frames > 1 else hop)
+    lo = np.clip(np.floor((centres - half) / hop).astype(int), 0, m - 1)
+    hi = np.clip(np.ceil((centres + half) / hop).astype(int), 1, m)
+    hi = np.maximum(hi, lo + 1)
+    cum = torch.cat([torch.zeros_like(x[..., :1]), x.cumsum(-1)], dim=-1)
+    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
+    return (cum[..., hi_t] - cum[..., lo_t]) / (hi_t - lo_t).to(x.dtype)
+
+
+def stem_log_mels(stems: torch.Tensor, n_frames: int, n_mels: int = 128,
+                  sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Log-mel per stem on the curve grid: stems [4, 2, N] -> [4, n_mels, F] (natural log of power)."""
+    mono = stems.float().mean(dim=1)  # [4, N]
+    spec = torch.stft(mono, MEL_N_FFT, MEL_HOP, window=torch.hann_window(MEL_N_FFT), return_complex=True)
+    mel = _mel_basis(n_mels, sample_rate) @ spec.abs().square()  # [4, n_mels, M]
+    centres = frame_times(n_frames, stems.shape[-1], sample_rate) * sample_rate
+    return torch.log(_pool_to_frames(mel, centres, MEL_HOP, n_frames) + 1e-8)
+
+
+def _rms_frames(audio: torch.Tensor, n_frames: int) -> torch.Tensor:
+    mono_power = audio.float().mean(dim=0).square()  # [N]
+    hop = 512
+    fine = F.avg_pool1d(mono_power[None, None], hop, hop, ceil_mode=True)[0, 0]
+    centres = frame_times(n_frames, audio.shape[-1]) * SAMPLE_RATE
+    return _pool_to_frames(fine, centres, hop, n_frames).clamp_min(0).sqrt()
+
+
+def _marks(times, grid: np.ndarray) -> torch.Tensor:
+    """Binary [F]: 1 at the frame nearest each event time inside the grid's span."""
+    out = torch.zeros(len(grid))
+    times = np.asarray(times, dtype=np.float64)
+    if len(grid) < 2 or times.size == 0:
+        return out
+    step = grid[1] - grid[0]
+    inside = times[(times >= grid[0] - step / 2) & (times <= grid[-1] + step / 2)]
+    out[np.clip(np.rint((inside - grid[0]) / step).astype(int), 0, len(grid) - 1)] = 1.0
+    return out
+
+
+def _structure(sections: list[dict], grid: np.ndarray) -> torch.Tensor:
+    """One-hot [F, 6] of the section label at each frame (frames outside every section: all zero)."""
+    out = torch.zeros(len(grid), len(SECTION_LABELS))
+    for section in sections:
+        label = section["label"]
+        if label not in SECTION_LABELS:
+            continue
+        inside = (grid >= section["start"]) & (grid < section["end"])
+        out[torch.from_numpy(inside), SECTION_LABELS.index(label)] = 1.0
+    return out
+
+
+def build_track_features(
+    stems: torch.Tensor,
+    track: dict,
+    n_frames: int,
+    n_mels: int = 128,
+    sample_rate: int = SAMPLE_RATE,
+) -> TrackFeatures:
+    """Unbatched TrackFeatures of one track's clip.
+
+    Args:
+        stems: [4, 2, N] the track's stems over the clip (zeros where it is silent or absent).
+        track: clip-time analysis: bpm, key_index, beats, downbeats, sections [{start, end, label}],
+            and `valid` = [start, end] seconds where the track has audio in the clip.
+        n_frames: F, the curve grid.
+    """
+    n = stems.shape[-1]
+    grid = frame_times(n_frames, n, sample_rate)
+    valid_lo, valid_hi = track.get("valid", [0.0, n / sample_rate])
+    step = grid[1] - grid[0] if n_frames > 1 else 0.0
+    mask = torch.from_numpy((grid >= valid_lo - step / 2) & (grid <= valid_hi + step / 2))
+    key = torch.zeros(N_KEYS)
+    key[int(track["key_index"])] = 1.0
+    return TrackFeatures(
+        stem_mels=stem_log_mels(stems, n_frames, n_mels, sample_rate),
+        structure=_structure(track.get("sections", []), grid),
+        beats=_marks(track.get("beats", []), grid),
+        downbeats=_marks(track.get("downbeats", []), grid),
+        bpm=torch.tensor([float(track["bpm"])]),
+        key=key,
+        energy=_rms_frames(stems.sum(dim=0), n_frames),
+        mask=mask,
+    )
+
+
+# -- the processed layout -------------------------------------------------------------------------
+def _read_stems(folder: Path) -> torch.Tensor:
+    from data.stems import load_stems
+
+    return load_stems(folder)
+
+
+def _safe_join(root: Path, relative: str) -> Path:
+    """root / relative, refusing anything that escapes root (absolute paths, '..')."""
+    path = (root / relative).resolve()
+    if root.resolve() not in path.parents and path != root.resolve():
+        raise ValueError(f"manifest path {relative!r} escapes its folder {root}")
+    return path
+
+
+def read_manifest(root: str | os.PathLike) -> dict:
+    """manifest.json of a processed folder, validated (format version, relative paths)."""
+    root = Path(root)
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest.json (run pipeline.py first)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {version}, this code reads {FORMAT_VERSION}")
+    for pair in manifest.get("pairs", []):
+        _safe_join(root, pair["path"])
+    return manifest
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class TransitionDataset(Dataset):
+    """Pairs of one split of a processed folder (see DESIGN.md for the layout).
+
+    Features are computed once per pair and cached next to it (`features_F{n}_M{mels}.pt`).
+    `augment`: window jitter (crop up to `jitter` of the clip at either end, features and curves
+    alike) and per-track gain (+-3 dB on the mels and energy).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        n_frames: int = 128,
+        n_mels: int = 128,
+        layout: str = "full",
+        augment: bool = False,
+        jitter: float = 0.05,
+        with_audio: bool = False,
+        seed: int = 0,
+    ):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        self.pairs = [p for p in self.manifest["pairs"] if p["split"] == split]
+        if not self.pairs:
+            raise ValueError(f"{self.root}: no pairs in split {split!r}")
+        self.n_frames, self.n_mels = n_frames, n_mels
+        self.layout = get_layout(layout)
+        self.augment, self.jitter, self.with_audio = augment, jitter, with_audio
+        self.rng = np.random.default_rng(seed)
+        self.styles = sorted({p.get("recipe", "") for p in self.manifest["pairs"]} - {""})
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _features(self, folder: Path, meta: dict) -> tuple[TrackFeatures, TrackFeatures]:
+        cache = folder / f"features_F{self.n_frames}_M{self.n_mels}.pt"
+        if cache.is_file():
+            data = torch.load(cache, weights_only=True)
+            return TrackFeatures(**data["a"]), TrackFeatures(**data["b"])
+        feats = [build_track_features(_read_stems(folder / f"track_{t}_stems"), meta["tracks"][t], self.n_frames,
+                                      self.n_mels) for t in ("a", "b")]
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".features.", suffix=".tmp")
+            os.close(fd)
+            torch.save({t: vars(f) for t, f in zip(("a", "b"), feats)}, tmp)
+            os.replace(tmp, cache)
+        except OSError as error:  # a read-only dataset still works, just without the cache
+            log.debug("feature cache not written for %s: %s", folder, error)
+        return feats[0], feats[1]
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.pairs[index]
+        folder = _safe_join(self.root, pair["path"])
+        meta = json.loads((folder / "analysis.json").read_text())
+        feats_a, feats_b = self._features(folder, meta)
+        params_path = folder / "params.npy"
+        curves = None
+        if params_path.is_file():
+            full = torch.from_numpy(np.load(params_path)).float()
+            stored = get_layout(meta.get("layout", "full"))
+            curves = stored.expand_to(full, FULL) if stored is not self.layout else full
+            if self.layout is not FULL and stored is not self.layout:
+                curves = torch.stack([curves[:, FULL.index(n)] for n in self.layout.names], dim=1)
+            curves = _resample_frames(curves, self.n_frames)
+        item = {
+            "features_a": feats_a,
+            "features_b": feats_b,
+            "curves": curves,
+            "frame_mask": torch.ones(self.n_frames, dtype=torch.bool),
+            "style": self.styles.index(pair["recipe"]) if pair.get("recipe") in self.styles else -1,
+            "pair_id": pair["id"],
+            "bpm": float(meta["bpm"]),
+        }
+        if self.with_audio:
+            item["stems_a"] = _read_stems(folder / "track_a_stems")
+            item["stems_b"] = _read_stems(folder / "track_b_stems")
+            from data.audio import load_audio
+
+            item["target"] = load_audio(folder / "transition.flac", allow_silence=True)
+        if self.augment:
+            item = augment_item(item, self.rng, self.jitter)
+        return item
+
+
+def _resample_frames(curves: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """[F, P] -> [n_frames, P], linear, end to end."""
+    if curves.shape[0] == n_frames:
+        return curves
+    return F.interpolate(curves.T[None], size=n_frames, mode="linear", align_corners=True)[0].T
+
+
+def _crop_frames(x: torch.Tensor, axis: int, start: float, end: float) -> torch.Tensor:
+    """Linearly resample the span [start, end] (fractions of the clip) of x along `axis` to its length."""
+    n = x.shape[axis]
+    pos = torch.linspace(start * (n - 1), end * (n - 1), n)
+    left = pos.floor().long().clamp(max=n - 2)
+    w = (pos - left).view([-1 if d == axis % x.dim() else 1 for d in range(x.dim())])
+    moved = x.float()
+    out = moved.index_select(axis, left) * (1 - w) + moved.index_select(axis, left + 1) * w
+    return out.to(x.dtype) if not x.dtype == torch.bool else out > 0.5
+
+
+def augment_item(item: dict, rng: np.random.Generator, jitter: float = 0.05) -> dict:
+    """Window jitter (same crop for features and curves) and +-3 dB per-track gain on features."""
+    item = dict(item)
+    start, end = rng.uniform(0, jitter), 1 - rng.uniform(0, jitter)
+    for track in ("features_a", "features_b"):
+        feats: TrackFeatures = item[track]
+        gain_db = rng.uniform(-3, 3)
+        item[track] = TrackFeatures(
+            stem_mels=_crop_frames(feats.stem_mels, -1, start, end) + gain_db / 10 * np.log(10),
+            structure=_crop_frames(feats.structure, 0, start, end).round(),
+            beats=_crop_frames(feats.beats, 0, start, end).gt(0.25).float(),
+            downbeats=_crop_frames(feats.downbeats, 0, start, end).gt(0.25).float(),
+            bpm=feats.bpm,
+            key=feats.key,
+            energy=_crop_frames(feats.energy, 0, start, end) * 10 ** (gain_db / 20),
+            mask=_crop_frames(feats.mask, 0, start, end) if feats.mask is not None else None,
+        )
+    if item.get("curves") is not None:
+        item["curves"] = _crop_frames(item["curves"], 0, start, end)
+    return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Batch items: TrackFeatures stacked, curves [B, F, P], masks [B, F], styles [B], audio padded."""
+    batch = {
+        "features_a": TrackFeatures.stack([i["features_a"] for i in items]),
+        "features_b": TrackFeatures.stack([i["features_b"] for i in items]),
+        "frame_mask": torch.stack([i["frame_mask"] for i in items]),
+        "style": torch.tensor([i["style"] for i in items]),
+        "pair_id": [i["pair_id"] for i in items],
+        "bpm": torch.tensor([i["bpm"] for i in items]),
+    }
+    if all(i.get("curves") is not None for i in items):
+        batch["curves"] = torch.stack([i["curves"] for i in items])
+    if all("target" in i for i in items):
+        n = max(i["target"].shape[-1] for i in items)
+        pad = [lambda x, n=n: F.pad(x, (0, n - x.shape[-1]))]
+        batch["stems_a"] = torch.stack([pad[0](i["stems_a"]) for i in items])
+        batch["stems_b"] = torch.stack([pad[0](i["stems_b"]) for i in items])
+        batch["target"] = torch.stack([pad[0](i["target"]) for i in items])
+    return batch
+
+
+__all__ = [
+    "FORMAT_VERSION", "STEMS", "TransitionDataset", "augment_item", "build_track_features", "collate",
+    "frame_times", "read_manifest", "stem_log_mels", "write_json_atomic",
+]

@@ -1,0 +1,266 @@
+"""pipeline.py: tracks -> processed training pairs (the on-disk layout of DESIGN.md).
+
+    python pipeline.py --synthetic 40 --output processed          # synthesise 40 tracks (oracle stems)
+    python pipeline.py --tracks ~/Music/library --output processed --separator htdemucs
+
+Tracks are split into train/val/test *by track* (no track appears in two splits); pairs are drawn
+within a split between tempo- and key-compatible tracks. Finished pairs are skipped when the
+command runs again (each pair folder appears atomically); unreadable files are reported, skipped
+and summarised at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from data.analysis import TrackAnalysis, analyze_track
+from data.audio import AudioError, load_audio, save_audio
+from data.cues import select_cues
+from data.pairs import Track, analysis_from_truth, build_pair, pick_pairs
+from data.stems import OracleSeparator, get_separator, save_stems
+from dataset import FORMAT_VERSION, write_json_atomic
+from effects.params import SAMPLE_RATE
+
+log = logging.getLogger("pipeline")
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".m4a"}
+SPLITS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+
+
+@dataclass
+class TrackSource:
+    """Where a track comes from: a file, or a synth seed (re-rendered on demand, never stored whole)."""
+
+    id: str
+    path: str | None = None
+    seed: int | None = None
+    style: str | None = None
+    bpm: float | None = None
+    duration: float = 150.0
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
+        """(audio [2, N], oracle stems [4, 2, N] or None, ground truth or None)."""
+        if self.path is not None:
+            return load_audio(self.path), None, None
+        from data.synth import synthesize_track
+
+        track = synthesize_track(self.seed, style=self.style, duration=self.duration, bpm=self.bpm)
+        stems = torch.from_numpy(track.stems)
+        return stems.sum(0), stems, track.truth
+
+
+def split_of(track_id: str, seed: int) -> str:
+    """Deterministic split from a hash of the track id (stable as the library grows)."""
+    u = int(hashlib.sha1(f"{seed}:{track_id}".encode()).hexdigest()[:8], 16) / 2**32
+    edge = 0.0
+    for name, share in SPLITS:
+        edge += share
+        if u < edge:
+            return name
+    return SPLITS[-1][0]
+
+
+def synthetic_sources(n: int, seed: int, duration: float = 150.0) -> list[TrackSource]:
+    """N synthetic tracks in crates of four that share a style and a tempo within +-3 %, so pairs exist."""
+    from data.synth import STYLES
+
+    rng = np.random.default_rng(seed)
+    styles = sorted(STYLES)
+    sources = []
+    for i in range(n):
+        if i % 4 == 0:
+            style = styles[rng.integers(len(styles))]
+            lo, hi = STYLES[style].bpm_range
+            centre = rng.uniform(lo + 0.03 * lo, hi - 0.03 * hi) if hi - lo > 0.06 * lo else (lo + hi) / 2
+        bpm = float(np.clip(centre * rng.uniform(0.97, 1.03), *STYLES[style].bpm_range))
+        sources.append(TrackSource(id=f"synth_{seed}_{i:04d}", seed=int(seed * 100_003 + i), style=style, bpm=bpm,
+                                   duration=float(duration * rng.uniform(0.8, 1.2))))
+    return sources
+
+
+def library_sources(folder: Path) -> list[TrackSource]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    if not files:
+        raise SystemExit(f"error: {folder}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+    return [TrackSource(id=f"{p.stem}_{hashlib.sha1(str(p).encode()).hexdigest()[:6]}", path=str(p)) for p in files]
+
+
+# -- per-track and per-pair work (module level so worker processes can run it) --------------------------
+def _analyse(source: TrackSource) -> tuple[str, dict | None, str | None]:
+    torch.set_num_threads(1)
+    try:
+        audio, stems, truth = source.load()
+        # Synthetic tracks are cut on their exact grid; files get the full analysis.
+        analysis = analysis_from_truth(truth, audio) if truth is not None else analyze_track(audio, SAMPLE_RATE)
+        return source.id, analysis.to_dict(), None
+    except (AudioError, ValueError, RuntimeError) as error:
+        return source.id, None, str(error)
+
+
+def _make_pair(job: dict) -> tuple[str, str | None]:
+    """Build and write one pair folder; returns (pair id, error or None)."""
+    torch.set_num_threads(1)
+    out = Path(job["folder"])
+    try:
+        tracks = []
+        for side in ("a", "b"):
+            source: TrackSource = job[side]
+            audio, stems, _ = source.load()
+            separator = OracleSeparator(stems) if stems is not None else get_separator(job["separator"])
+            tracks.append(Track(source.id, audio, TrackAnalysis.from_dict(job[f"analysis_{side}"]), separator,
+                                source.path or f"synth:{source.seed}"))
+        rng = np.random.default_rng(job["seed"])
+        bars = int(rng.choice([8, 16, 16, 32])) if job["bars"] is None else job["bars"]
+        # Exact grids (synthetic) need no kick-lock; files get the full plan with kick-lock.
+        plan = select_cues(tracks[0].analysis, tracks[1].analysis, bars=bars) if job["a"].path is None else None
+        pair = build_pair(tracks[0], tracks[1], rng, n_frames=job["n_frames"], bars=bars,
+                          cache_dir=job["cache_dir"], plan=plan)
+        pair.meta["kind"] = "synthetic"
+        pair.meta["format_version"] = FORMAT_VERSION
+        write_pair(out, pair)
+        return out.name, None
+    except (AudioError, ValueError, RuntimeError) as error:
+        return out.name, str(error)
+
+
+def write_pair(folder: Path, pair) -> None:
+    """Write a pair folder atomically: everything goes to a temporary sibling that is renamed at the end."""
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        save_stems(tmp / "track_a_stems", pair.stems_a, SAMPLE_RATE)
+        save_stems(tmp / "track_b_stems", pair.stems_b, SAMPLE_RATE)
+        if pair.transition is not None:
+            save_audio(tmp / "transition.flac", pair.transition, SAMPLE_RATE)
+        np.save(tmp / "params.npy", pair.curves.astype(np.float32))
+        write_json_atomic(tmp / "analysis.json", pair.meta)
+        os.chmod(tmp, 0o755)
+        if folder.exists():  # a half-written leftover from an older version: replace it
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _map(fn, jobs: list, workers: int, desc: str):
+    if workers <= 1:
+        for job in tqdm(jobs, desc=desc, unit="item"):
+            yield fn(job)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from tqdm(pool.map(fn, jobs), total=len(jobs), desc=desc, unit="item")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.synthetic:
+        sources = synthetic_sources(args.synthetic, args.seed, args.duration)
+    else:
+        sources = library_sources(Path(args.tracks))
+    if args.synthetic and args.separator not in (None, "oracle"):
+        log.info("synthetic tracks use their oracle stems; --separator %s is not needed", args.separator)
+    failures: dict[str, str] = {}
+
+    # 1. analyse every track once (cached in tracks.json so a rerun skips it)
+    tracks_file = out / "tracks.json"
+    known = read_json(tracks_file).get("tracks", {}) if tracks_file.is_file() else {}
+    todo = [s for s in sources if s.id not in known]
+    for track_id, analysis, error in _map(_analyse, todo, args.workers, "analysing tracks"):
+        if error:
+            failures[track_id] = error
+            log.warning("skipped %s: %s", track_id, error)
+        else:
+            known[track_id] = analysis
+        write_json_atomic(tracks_file, {"tracks": known})
+
+    # 2. pairs within each split
+    by_id = {s.id: s for s in sources}
+    jobs, manifest_pairs = [], []
+    rng = np.random.default_rng(args.seed)
+    for split, _ in SPLITS:
+        members = [i for i in by_id if i in known and split_of(i, args.seed) == split]
+        analyses = {i: TrackAnalysis.from_dict(known[i]) for i in members}
+        budget = None if args.max is None else max(1, round(args.max * dict(SPLITS)[split]))
+        for a_id, b_id in pick_pairs(analyses, rng, budget):
+            pair_id = f"pair_{hashlib.sha1(f'{a_id}->{b_id}'.encode()).hexdigest()[:10]}"
+            manifest_pairs.append({"id": pair_id, "path": pair_id, "split": split, "kind": "synthetic",
+                                   "tracks": [a_id, b_id]})
+            if (out / pair_id / "analysis.json").is_file():
+                continue  # resumable: finished pairs are kept
+            jobs.append({"folder": str(out / pair_id), "a": by_id[a_id], "b": by_id[b_id], "analysis_a": known[a_id],
+                         "analysis_b": known[b_id], "seed": int(rng.integers(2**31)), "bars": args.bars,
+                         "n_frames": args.n_frames, "separator": args.separator or "htdemucs",
+                         "cache_dir": args.cache_dir})
+    for pair_id, error in _map(_make_pair, jobs, args.workers, "making pairs"):
+        if error:
+            failures[pair_id] = error
+            log.warning("skipped %s: %s", pair_id, error)
+
+    # 3. the manifest lists what exists
+    pairs = []
+    for entry in manifest_pairs:
+        folder = out / entry["path"]
+        if (folder / "analysis.json").is_file():
+            entry["recipe"] = read_json(folder / "analysis.json").get("recipe")
+            pairs.append(entry)
+    write_json_atomic(out / "manifest.json", {
+        "format_version": FORMAT_VERSION, "sample_rate": SAMPLE_RATE, "layout": "full", "n_frames": args.n_frames,
+        "pairs": pairs, "splits": {s: sum(p["split"] == s for p in pairs) for s, _ in SPLITS},
+    })
+    counts = ", ".join(f"{s} {sum(p['split'] == s for p in pairs)}" for s, _ in SPLITS)
+    log.info("%d pairs in %s (%s)", len(pairs), out, counts)
+    if failures:
+        log.warning("%d item(s) skipped:", len(failures))
+        for name, error in sorted(failures.items()):
+            log.warning("  %s: %s", name, error)
+    return 0 if pairs else 1
+
+
+def read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(Path(path).read_text())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tracks", help="folder of audio files (a DJ library)")
+    source.add_argument("--synthetic", type=int, metavar="N", help="synthesise N tracks with oracle stems")
+    parser.add_argument("--output", required=True, help="processed folder to write")
+    parser.add_argument("--max", type=int, default=None, help="at most this many pairs in all")
+    parser.add_argument("--workers", type=int, default=1, help="processes for analysis and pair making")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--separator", default=None, help="htdemucs (default for files), demucs:PATH, dsp")
+    parser.add_argument("--bars", type=int, default=None, help="blend length in bars (default: 8/16/32 at random)")
+    parser.add_argument("--n-frames", type=int, default=128, help="curve frames per clip")
+    parser.add_argument("--duration", type=float, default=150.0, help="mean length of synthetic tracks (s)")
+    parser.add_argument("--cache-dir", default=None, help="stem cache (default $DJMIX_CACHE or ~/.cache/djmix)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.tracks is not None and not Path(args.tracks).is_dir():
+        print(f"error: --tracks {args.tracks}: not a folder", file=sys.stderr)
+        return 2
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
