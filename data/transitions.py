@@ -907,7 +907,7 @@ def bass_overlap(
 ) -> float | np.ndarray:
     """Fraction of frames (0..1) where the two basses together exceed `limit` x one full bass.
 
-    One run of such frames lasting at most `grace_beats` beats (the equal-power handover) is
+    One run of such frames spanning at most `grace_beats` beats (the equal-power handover) is
     excused. One value per [F, 58] curve set.
     """
 
@@ -915,7 +915,9 @@ def bass_overlap(
         _check_frames(u, ctx)
         over = bass_amplitudes(u).sum(axis=-1) > limit
         runs = _runs(over)
-        excused = [stop - start for start, stop in runs if (stop - start) * ctx.frame_step <= grace_beats * ctx.beat]
+        # A run's length is the time its frames span: a window of w seconds holds frames spanning <= w.
+        excused = [stop - start for start, stop in runs
+                   if (stop - start - 1) * ctx.frame_step <= grace_beats * ctx.beat + 1e-9]
         return float((over.sum() - (max(excused) if excused else 0)) / len(over))
 
     return _per_item(curves, one)

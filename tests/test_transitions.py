@@ -22,13 +22,15 @@ def mixer():
 
 @pytest.fixture(scope="module")
 def contexts():
-    """Random contexts covering every vocal mode (incl. unknown and overlapping) and grid mode."""
+    """Random contexts covering every vocal mode (incl. unknown and overlapping), grid mode, and
+    fine (15-40 frames/s) as well as coarse (128 frames over the clip) curve grids."""
     out = []
     for i in range(N_CONTEXTS):
         rng = np.random.default_rng(1000 + i)
         vocal_mode = T.VOCAL_MODES[i % len(T.VOCAL_MODES)]
         grid_mode = "downbeats" if i % 8 else ("beats", "none")[(i // 8) % 2]
-        out.append(T.random_context(rng, vocal_mode=vocal_mode, grid_mode=grid_mode))
+        n_frames = 128 if i % 5 == 4 else None  # some coarse grids, as the model's fixed-length curves have
+        out.append(T.random_context(rng, n_frames=n_frames, vocal_mode=vocal_mode, grid_mode=grid_mode))
     return out
 
 
@@ -141,7 +143,7 @@ def test_never_two_full_basses(contexts, drawn):
         assert T.bass_overlap(c, ctx) == 0.0, (label, i)
         over = T.bass_amplitudes(c).sum(-1) > T.BASS_LIMIT
         longest = max((stop - start for start, stop in T._runs(over)), default=0)
-        assert longest * ctx.frame_step <= ctx.beat + ctx.frame_step, (label, i)
+        assert (longest - 1) * ctx.frame_step <= ctx.beat + 1e-9, (label, i)
 
 
 def test_bass_overlap_flags_a_plain_crossfade():
