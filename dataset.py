@@ -23,12 +23,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from data.analysis import SECTION_LABELS
+from data.transitions import RECIPES
 from effects.params import FULL, SAMPLE_RATE, STEMS, get_layout
 from model.conditioning import N_KEYS, TrackFeatures
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+STYLE_LABELS = tuple(sorted(RECIPES))  # transition-style vocabulary: the teacher recipes' labels
 MEL_N_FFT = 2048
 MEL_HOP = 512
 
@@ -212,7 +214,6 @@ class TransitionDataset(Dataset):
         self.layout = get_layout(layout)
         self.augment, self.jitter, self.with_audio = augment, jitter, with_audio
         self.rng = np.random.default_rng(seed)
-        self.styles = sorted({p.get("recipe", "") for p in self.manifest["pairs"]} - {""})
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -252,7 +253,7 @@ class TransitionDataset(Dataset):
             "features_b": feats_b,
             "curves": curves,
             "frame_mask": torch.ones(self.n_frames, dtype=torch.bool),
-            "style": self.styles.index(pair["recipe"]) if pair.get("recipe") in self.styles else -1,
+            "style": style_index(pair.get("recipe")),
             "pair_id": pair["id"],
             "bpm": float(meta["bpm"]),
         }
@@ -264,6 +265,81 @@ class TransitionDataset(Dataset):
             item["target"] = load_audio(folder / "transition.flac", allow_silence=True)
         if self.augment:
             item = augment_item(item, self.rng, self.jitter)
+        return item
+
+
+def style_index(label: str | None) -> int:
+    """Index of a recipe label in STYLE_LABELS; -1 for unlabelled (real) transitions."""
+    return STYLE_LABELS.index(label) if label in STYLE_LABELS else -1
+
+
+class SyntheticDataset(Dataset):
+    """Synthetic pairs made on the fly (no disk): two synth tracks, B at A's tempo in a compatible key,
+    a teacher recipe's curves. Item i is the same every time (seeded by (seed, i, epoch)); call
+    `set_epoch` for fresh pairs each epoch. `cache` keeps made items in memory (features are small).
+    """
+
+    def __init__(self, length: int = 1024, seed: int = 0, n_frames: int = 128, n_mels: int = 128,
+                 track_duration: float = 40.0, weights: dict[str, float] | None = None, with_audio: bool = False,
+                 cache: bool = True):
+        self.length, self.seed, self.n_frames, self.n_mels = length, seed, n_frames, n_mels
+        self.track_duration, self.weights, self.with_audio = track_duration, weights, with_audio
+        self.cache = {} if cache else None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch and self.cache is not None:
+            self.cache.clear()
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        item = self.make(index)
+        if self.cache is not None:
+            self.cache[index] = item
+        return item
+
+    def make(self, index: int) -> dict:
+        from data.pairs import analysis_from_truth, clip_analysis
+        from data.synth import synthesize_track
+        from data.transitions import _compatible_key, _compatible_style, pair_from_tracks
+
+        rng = np.random.default_rng([self.seed, index, self.epoch])
+        seed_a, seed_b = (int(s) for s in rng.integers(2**31, size=2))
+        track_a = synthesize_track(seed_a, duration=self.track_duration)
+        truth_a = track_a.truth
+        track_b = synthesize_track(seed_b, style=_compatible_style(rng, truth_a["bpm"], truth_a["style"]),
+                                   duration=self.track_duration, bpm=truth_a["bpm"],
+                                   key_index=_compatible_key(rng, truth_a["key_index"]))
+        pair = pair_from_tracks(track_a.stems, truth_a, track_b.stems, track_b.truth, rng, n_frames=self.n_frames,
+                                weights=self.weights)
+        stems_a, stems_b = torch.from_numpy(pair.stems_a), torch.from_numpy(pair.stems_b)
+        duration = pair.context.duration
+        feats = []
+        for track, stems, offset in ((track_a, stems_a, pair.info["offset_a"]),
+                                     (track_b, stems_b, pair.info["offset_b"])):
+            audio = torch.from_numpy(track.stems).sum(0)
+            valid = (max(0.0, -offset), min(duration, audio.shape[-1] / SAMPLE_RATE - offset))
+            meta = clip_analysis(analysis_from_truth(track.truth, audio), offset, 1.0, duration, valid)
+            feats.append(build_track_features(stems, meta, self.n_frames, self.n_mels))
+        item = {
+            "features_a": feats[0], "features_b": feats[1],
+            "curves": torch.as_tensor(pair.curves, dtype=torch.float32),
+            "frame_mask": torch.ones(self.n_frames, dtype=torch.bool),
+            "style": style_index(pair.label), "pair_id": f"synthetic_{self.seed}_{self.epoch}_{index}",
+            "bpm": float(pair.bpm),
+        }
+        if self.with_audio:
+            from effects.mixer import DifferentiableDJMixer
+
+            item["stems_a"], item["stems_b"] = stems_a, stems_b
+            with torch.no_grad():
+                item["target"] = DifferentiableDJMixer()(stems_a[None], stems_b[None], item["curves"][None],
+                                                         bpm=pair.bpm)[0]
         return item
 
 
@@ -329,6 +405,7 @@ def collate(items: list[dict]) -> dict:
 
 
 __all__ = [
-    "FORMAT_VERSION", "STEMS", "TransitionDataset", "augment_item", "build_track_features", "collate",
-    "frame_times", "read_manifest", "stem_log_mels", "write_json_atomic",
+    "FORMAT_VERSION", "STEMS", "STYLE_LABELS", "SyntheticDataset", "TransitionDataset", "augment_item",
+    "build_track_features", "collate", "frame_times", "read_manifest", "stem_log_mels", "style_index",
+    "write_json_atomic",
 ]

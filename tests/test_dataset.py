@@ -1,0 +1,51 @@
+"""dataset.py: features on the curve grid, the on-the-fly synthetic dataset, augmentation, collate."""
+
+import numpy as np
+import torch
+
+from dataset import STYLE_LABELS, SyntheticDataset, augment_item, build_track_features, collate, frame_times
+from effects.params import FULL
+
+SR = 44_100
+
+
+def test_features_sit_on_the_curve_grid():
+    n, frames = SR * 8, 33
+    stems = torch.zeros(4, 2, n)
+    stems[1, :, : n // 2] = 0.5 * torch.sin(2 * torch.pi * 60 * torch.arange(n // 2) / SR)  # bass, first half
+    beats = np.arange(0.0, 8.0, 0.5)
+    track = {"bpm": 120.0, "key_index": 21, "beats": beats, "downbeats": beats[::4],
+             "sections": [{"start": 0.0, "end": 4.0, "label": "intro"}, {"start": 4.0, "end": 8.0, "label": "drop"}],
+             "valid": [0.0, 6.0]}
+    f = build_track_features(stems, track, frames)
+    grid = frame_times(frames, n)
+    assert grid[0] == 0 and abs(grid[-1] - (n - 1) / SR) < 1e-9
+    assert f.stem_mels.shape == (4, 128, frames) and f.key.argmax() == 21 and f.bpm.item() == 120.0
+    assert f.beats.sum() == len(beats) and f.downbeats.sum() == 4
+    assert f.structure[0, 0] == 1 and f.structure[-1, 3] == 1  # intro then drop
+    assert f.mask[:24].all() and not f.mask[-4:].any()  # valid only up to 6 s
+    assert f.energy[: frames // 2 - 1].min() > 10 * f.energy[frames // 2 + 1:].max()  # bass stops halfway
+    assert f.stem_mels[1, :, 2].mean() > f.stem_mels[0, :, 2].mean() + 5  # the bass stem, not drums
+
+
+def test_synthetic_dataset_is_deterministic_and_labelled():
+    ds = SyntheticDataset(length=3, seed=1, n_frames=48, track_duration=30.0, cache=False)
+    first, again = ds[0], ds[0]
+    assert torch.equal(first["curves"], again["curves"])
+    assert torch.equal(first["features_a"].stem_mels, again["features_a"].stem_mels)
+    assert not torch.equal(first["curves"], ds[1]["curves"])
+    assert first["curves"].shape == (48, len(FULL)) and 0 <= first["curves"].min() and first["curves"].max() <= 1
+    assert 0 <= first["style"] < len(STYLE_LABELS)
+    ds.set_epoch(1)
+    assert not torch.equal(first["curves"], ds[0]["curves"])
+
+
+def test_augment_and_collate():
+    ds = SyntheticDataset(length=2, seed=2, n_frames=40, track_duration=30.0)
+    items = [augment_item(ds[i], np.random.default_rng(i), jitter=0.1) for i in range(2)]
+    for item in items:
+        assert item["curves"].shape == (40, len(FULL)) and 0 <= item["curves"].min() and item["curves"].max() <= 1
+        assert set(item["features_a"].beats.unique().tolist()) <= {0.0, 1.0}
+    batch = collate(items)
+    assert batch["curves"].shape == (2, 40, len(FULL)) and batch["features_b"].mask.shape == (2, 40)
+    assert batch["style"].shape == (2,)
