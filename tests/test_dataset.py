@@ -25,7 +25,7 @@ def test_features_sit_on_the_curve_grid():
     assert f.structure[0, 0] == 1 and f.structure[-1, 3] == 1  # intro then drop
     assert f.mask[:24].all() and not f.mask[-4:].any()  # valid only up to 6 s
     assert f.energy[: frames // 2 - 1].min() > 10 * f.energy[frames // 2 + 1:].max()  # bass stops halfway
-    assert f.stem_mels[1, :, 2].mean() > f.stem_mels[0, :, 2].mean() + 5  # the bass stem, not drums
+    assert f.stem_mels[1, :8, 2].mean() > f.stem_mels[0, :8, 2].mean() + 15  # low bands of the bass stem
 
 
 def test_synthetic_dataset_is_deterministic_and_labelled():
