@@ -1,0 +1,313 @@
+"""Diffusion over mixer curves: cosine schedule, v/epsilon targets, the training loss and a DDIM sampler.
+
+Clean curves u live in model space [0, 1]; the diffusion runs on x = 2u - 1, so both ends of every
+control are as reachable as its middle. The sample is mapped back by (x + 1) / 2 and a plain clamp to
+[0, 1] at the very end: no sigmoid anywhere (it would squeeze outputs away from 0 and 1).
+
+    model = create_model("small")
+    out = model(batch)                      # training: {"loss", "mse", "smooth", "audio", "cond_dropped"}
+    curves = model.sample(feats_a, feats_b, n_frames=128, steps=50, generator=torch.Generator().manual_seed(0))
+
+The sampler (`DDIMSampler`) knows nothing about the network: it calls model_fn(x, t) once per step.
+`TransitionDiffusion.sample` encodes the conditioning once and, for classifier-free guidance, evaluates
+the conditional and the NULL branch in ONE batched denoiser call per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from effects.params import get_layout
+from model.conditioning import Conditioning, ConditioningEncoder, TrackFeatures
+from model.config import Config, get_config
+from model.denoiser import DiT
+
+
+# -- schedule ----------------------------------------------------------------------------------------------------
+def cosine_alphas_cumprod(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """alpha_bar[t], t = 0..T-1 (Nichol & Dhariwal 2021): betas from f(t) = cos^2((t/T + s) / (1 + s) * pi/2)."""
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def split_prediction(x_t: torch.Tensor, out: torch.Tensor, a, s, prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network output -> (x0, eps), with a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar) (floats or broadcastable)."""
+    if prediction == "v":  # v = a * eps - s * x0
+        return a * x_t - s * out, s * x_t + a * out
+    return (x_t - s * out) / a, out
+
+
+class NoiseSchedule(nn.Module):
+    """Cosine schedule over `timesteps` training steps and the training-side algebra (batched timesteps t [B])."""
+
+    def __init__(self, timesteps: int = 1000, prediction: str = "v"):
+        super().__init__()
+        self.timesteps, self.prediction = timesteps, prediction
+        alphas_cumprod = cosine_alphas_cumprod(timesteps)
+        self.alphas_cumprod_host = alphas_cumprod.tolist()  # float64 python values for the sampler (no syncs)
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+
+    def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """t [B] -> sqrt(alpha_bar), sqrt(1 - alpha_bar), each [B, 1, 1]."""
+        ab = self.alphas_cumprod[t].view(-1, 1, 1)
+        return ab.sqrt(), (1 - ab).sqrt()
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = self.coefficients(t)
+        return a * x0 + s * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.prediction == "epsilon":
+            return noise
+        a, s = self.coefficients(t)
+        return a * noise - s * x0
+
+    def predict_x0(self, x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return split_prediction(x_t, out, *self.coefficients(t), self.prediction)[0]
+
+
+def _randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Gaussian noise drawn on the generator's device (reproducible), then moved."""
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def _rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+# -- sampler -----------------------------------------------------------------------------------------------------
+class DDIMSampler:
+    """DDIM (Song et al. 2021) over `steps` of the training timesteps, from T-1 down to 0 ("trailing").
+
+    eta = 0 is deterministic; eta = 1 matches DDPM's posterior variance. x0 predictions are clamped to
+    [-1, 1] (the curve range) and eps is re-derived from the clamped x0, which keeps early steps stable.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, clip_x0: bool = True):
+        self.schedule, self.clip_x0 = schedule, clip_x0
+
+    def timesteps(self, steps: int) -> list[int]:
+        steps = max(1, min(steps, self.schedule.timesteps))
+        return torch.linspace(self.schedule.timesteps - 1, 0, steps).round().long().tolist()
+
+    def step(self, out: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, eta: float = 0.0,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update x_t -> x_{t_prev} (t_prev = -1: the clean end). Returns (x_prev, x0 estimate)."""
+        acp = self.schedule.alphas_cumprod_host
+        ab, ab_prev = acp[t], acp[t_prev] if t_prev >= 0 else 1.0
+        a, s = math.sqrt(ab), math.sqrt(1 - ab)
+        x0, eps = split_prediction(x, out, a, s, self.schedule.prediction)
+        if self.clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x - a * x0) / s
+        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) if eta > 0 else 0.0
+        x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x_prev = x_prev + sigma * _randn(x.shape, generator, x.device)
+        return x_prev, x0
+
+    def sample(self, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: tuple[int, ...],
+               steps: int = 50, eta: float = 0.0, generator: torch.Generator | None = None, device=None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the reverse process from pure noise; model_fn(x [B, F, P], t [B] long) -> output. Returns x0."""
+        x = noise.to(device) if noise is not None else _randn(shape, generator, device)
+        ts = self.timesteps(steps)
+        for i, t in enumerate(ts):
+            out = model_fn(x, torch.full((shape[0],), t, device=x.device, dtype=torch.long))
+            x, _ = self.step(out, t, ts[i + 1] if i + 1 < len(ts) else -1, x, eta, generator)
+        return x  # the last step (t_prev = -1) lands exactly on its (clamped) x0
+
+
+# -- losses ------------------------------------------------------------------------------------------------------
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of x [B, F, ...] over frames where mask [B, F] is True (all frames when mask is None)."""
+    if mask is None:
+        return x.mean()
+    m = mask.to(x.dtype).reshape(*mask.shape, *([1] * (x.dim() - 2)))
+    return (x * m).sum() / (m.sum() * x[0, 0].numel()).clamp_min(1.0)
+
+
+def smoothness_penalty(curves: torch.Tensor, mask: torch.Tensor | None = None,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared first + second frame differences of curves [B, F, P] over valid frame pairs/triples.
+
+    weight [B] scales each sample (the training loss passes alpha_bar_t: at high noise the x0 estimate is
+    a blur, and for epsilon-prediction it is unbounded, so it must not dominate there). Frame jitter of
+    std sigma costs about 8 sigma^2; one 0 -> 1 step in one of P curves about 3 / (F P), so deliberate
+    cuts (a bass swap on the downbeat) survive while chatter does not.
+    """
+    if curves.shape[1] < 3:
+        return curves.new_zeros(())
+    if weight is not None:
+        curves = curves * weight.sqrt().view(-1, 1, 1)
+    d1 = curves[:, 1:] - curves[:, :-1]
+    d2 = d1[:, 1:] - d1[:, :-1]
+    m1 = None if mask is None else mask[:, 1:] & mask[:, :-1]
+    m2 = None if m1 is None else m1[:, 1:] & m1[:, :-1]
+    return masked_mean(d1.square(), m1) + masked_mean(d2.square(), m2)
+
+
+class AudioLoss(nn.Module):
+    """curves [B, F, P] in [0, 1] -> DifferentiableDJMixer(stems) -> multi-resolution STFT loss vs the target mix."""
+
+    def __init__(self, layout: str = "full", mixer_config=None, fft_sizes=(2048, 1024, 512)):
+        super().__init__()
+        from effects.losses import MultiResolutionSTFTLoss
+        from effects.mixer import DifferentiableDJMixer
+
+        self.layout = layout
+        self.mixer = DifferentiableDJMixer(mixer_config)
+        self.stft = MultiResolutionSTFTLoss(fft_sizes)
+
+    def forward(self, curves: torch.Tensor, stems_a: torch.Tensor, stems_b: torch.Tensor, target: torch.Tensor,
+                bpm: torch.Tensor | None = None) -> torch.Tensor:
+        return self.stft(self.mixer(stems_a, stems_b, curves, layout=self.layout, bpm=bpm), target)
+
+
+# -- the model ---------------------------------------------------------------------------------------------------
+class TransitionDiffusion(nn.Module):
+    """Conditioning encoder + DiT denoiser + cosine schedule; `forward(batch)` is the training loss.
+
+    batch (a Mapping):
+        feats_a, feats_b   TrackFeatures (batch B)
+        curves             [B, F, P] clean curves in model space [0, 1] (P = the config's layout)
+        mask               [B, F] bool, True = valid frame (optional; padding frames are out of every loss term)
+        style              [B] long style label, -1 = none (optional; needs n_styles > 0)
+        stems_a, stems_b   [B, 4, 2, N] and target_audio [B, 2, N] (optional, for the audio loss only)
+        has_audio          [B] bool: which samples have target audio (optional, default all)
+        mix_bpm            [B] or [B, 1] tempo for the mixer's delay (optional, default feats_a.bpm)
+    """
+
+    def __init__(self, config: Config | str = "base"):
+        super().__init__()
+        self.config = cfg = get_config(config) if isinstance(config, str) else config
+        self.layout = get_layout(cfg.model.layout)
+        self.encoder = ConditioningEncoder(cfg.model)
+        self.denoiser = DiT(cfg.model)
+        self.schedule = NoiseSchedule(cfg.diffusion.train_timesteps, cfg.diffusion.prediction)
+        self.sampler = DDIMSampler(self.schedule, cfg.diffusion.clip_x0)
+        self.audio_loss_fn: AudioLoss | None = None  # created on first use of the audio loss
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
+                smoothness_weight: float | None = None, audio_weight: float | None = None) -> dict[str, torch.Tensor]:
+        """Training loss. Weights default to config.train. Returns {"loss", "mse", "smooth", "audio"} (scalars)
+        and "cond_dropped" ([B] bool: samples trained with the NULL conditioning, drawn per sample)."""
+        cfg, dcfg = self.config, self.config.diffusion
+        smoothness_weight = cfg.train.smoothness_weight if smoothness_weight is None else smoothness_weight
+        audio_weight = cfg.train.audio_loss_weight if audio_weight is None else audio_weight
+        curves, mask = batch["curves"], batch.get("mask")
+        batch_size, _, n_params = curves.shape
+        if n_params != len(self.layout):
+            raise ValueError(f"batch curves have {n_params} parameters, layout {self.layout.name!r} has "
+                             f"{len(self.layout)}")
+        device = curves.device
+        mask = None if mask is None else mask.to(device, torch.bool)
+
+        # Every random draw, in a fixed order, from one generator: a resumed run draws the same numbers.
+        t = (_rand((batch_size,), generator, device) * self.schedule.timesteps).long().clamp_max(
+            self.schedule.timesteps - 1)
+        noise = _randn(curves.shape, generator, device)
+        drop = _rand((batch_size,), generator, device) < dcfg.cond_dropout  # per SAMPLE, never per batch
+        hide_style = _rand((batch_size,), generator, device) < dcfg.style_dropout
+        style = batch.get("style")
+        if style is not None:
+            style = torch.where(hide_style, torch.full_like(style, -1), style.to(device))
+
+        cond = self.encoder(batch["feats_a"], batch["feats_b"], style=style, drop=drop)
+        x0 = curves.float() * 2 - 1
+        x_t = self.schedule.add_noise(x0, noise, t)
+        out = self.denoiser(x_t, t, cond, mask)
+        mse = masked_mean((out - self.schedule.target(x0, noise, t)).square(), mask)
+
+        curves_pred = (self.schedule.predict_x0(x_t, out, t) + 1) / 2  # unclamped: gradients everywhere
+        smooth = mse.new_zeros(())
+        if smoothness_weight > 0:
+            smooth = smoothness_penalty(curves_pred, mask, weight=self.schedule.alphas_cumprod[t])
+        audio = mse.new_zeros(())
+        if audio_weight > 0 and batch.get("target_audio") is not None:
+            audio = self._audio_loss(batch, curves_pred)
+        loss = mse + smoothness_weight * smooth + audio_weight * audio
+        return {"loss": loss, "mse": mse.detach(), "smooth": smooth.detach(), "audio": audio.detach(),
+                "cond_dropped": drop}
+
+    def loss(self, batch: Mapping[str, Any], **kwargs) -> dict[str, torch.Tensor]:
+        """Alias of forward (under DDP call the wrapper, ddp_model(batch), so gradients are synchronised)."""
+        return self(batch, **kwargs)
+
+    def _audio_loss(self, batch: Mapping[str, Any], curves_pred: torch.Tensor) -> torch.Tensor:
+        has = batch.get("has_audio")
+        index = (torch.arange(curves_pred.shape[0], device=curves_pred.device) if has is None
+                 else torch.nonzero(has.to(curves_pred.device), as_tuple=False).flatten())
+        if index.numel() == 0:
+            return curves_pred.new_zeros(())
+        if self.audio_loss_fn is None:
+            self.audio_loss_fn = AudioLoss(self.layout.name).to(curves_pred.device)
+        bpm = batch.get("mix_bpm", batch["feats_a"].bpm)
+        pick = lambda x: x.index_select(0, index.to(x.device))  # noqa: E731
+        return self.audio_loss_fn(pick(curves_pred), pick(batch["stems_a"]), pick(batch["stems_b"]),
+                                  pick(batch["target_audio"]), bpm=pick(bpm.reshape(-1)))
+
+    # -- inference -----------------------------------------------------------------------------------------------
+    def encode(self, feats_a: TrackFeatures, feats_b: TrackFeatures, style=None) -> Conditioning:
+        return self.encoder(feats_a, feats_b, style=style)
+
+    @torch.no_grad()
+    def sample(self, feats_a: TrackFeatures, feats_b: TrackFeatures, n_frames: int | None = None,
+               steps: int | None = None, eta: float | None = None, guidance_scale: float | None = None,
+               generator: torch.Generator | None = None, style=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Curves [B, n_frames, P] in [0, 1] for each pair (defaults from the config). Runs in eval mode.
+
+        The conditioning is encoded once; each DDIM step is one denoiser call on [x; x] with [cond; null]
+        (guidance_scale == 1 skips the NULL half). Same generator seed -> same curves.
+        """
+        dcfg = self.config.diffusion
+        n_frames = n_frames or self.config.model.n_frames
+        steps = steps or dcfg.inference_steps
+        eta = dcfg.eta if eta is None else eta
+        scale = dcfg.guidance_scale if guidance_scale is None else guidance_scale
+        was_training = self.training
+        self.eval()
+        try:
+            cond = self.encode(feats_a.to(self._device()), feats_b.to(self._device()), style)  # once per call
+            batch = cond.batch_size
+            guided = scale != 1.0
+            both = Conditioning.cat([cond, self.encoder.null_like(cond)]) if guided else cond
+            both = self.denoiser.prepare(both)  # cross-attention keys/values once, not once per step
+
+            def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                if not guided:
+                    return self.denoiser(x, t, both)
+                out_cond, out_null = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+                return out_null + scale * (out_cond - out_null)
+
+            x0 = self.sampler.sample(model_fn, (batch, n_frames, len(self.layout)), steps, eta, generator,
+                                     self._device(), noise)
+        finally:
+            self.train(was_training)
+        return ((x0 + 1) / 2).clamp(0.0, 1.0)
+
+    generate = sample  # the published README's name
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def create_model(config: Config | str = "base", **overrides: Any) -> TransitionDiffusion:
+    """A fresh model from a Config or a preset name, with optional get_config-style overrides."""
+    if isinstance(config, str):
+        config = get_config(config, **overrides)
+    elif overrides:
+        config = config.override({k.replace("__", "."): v for k, v in overrides.items()})
+    return TransitionDiffusion(config)

@@ -1,0 +1,331 @@
+"""Model tests: shapes, adaLN-Zero init, per-sample guidance dropout, one batched CFG forward per DDIM step,
+determinism, training on toy problems (v and epsilon), full-range outputs that follow the conditioning,
+other frame counts, masking. Tiny configs, one torch thread: fast on a loaded 2-core machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model import (
+    Conditioning,
+    Config,
+    TrackFeatures,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    create_model,
+    get_config,
+    smoothness_penalty,
+)
+
+P = 58  # the full layout
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small ops on a shared, loaded machine run far faster on one thread than on two competing ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(**overrides) -> Config:
+    return get_config("tiny", **overrides)
+
+
+def feats(batch: int, n_frames: int = 12, seed: int = 0) -> TrackFeatures:
+    return TrackFeatures.random(batch, n_frames, generator=torch.Generator().manual_seed(seed))
+
+
+def make_batch(batch: int = 4, n_frames: int = 16, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"feats_a": feats(batch, seed=seed), "feats_b": feats(batch, seed=seed + 1),
+            "curves": torch.rand(batch, n_frames, P, generator=g)}
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- config -------------------------------------------------------------------------------------------------------
+def test_config_presets_round_trip_and_overrides():
+    for name in ("tiny", "small", "base"):
+        cfg = get_config(name)
+        d = config_to_dict(cfg)
+        assert config_from_dict(d) == cfg
+        assert config_from_dict(json.loads(json.dumps(d))) == cfg  # plain values only
+        assert cfg.model.n_params == P
+    cfg = get_config("small").override({"model.hidden_dim": 96, "train.lr": 1e-4})
+    assert (cfg.model.hidden_dim, cfg.train.lr) == (96, 1e-4)
+    cfg = apply_overrides(cfg, ["diffusion.prediction=epsilon", "model.n_layers=3", "train.betas=[0.9, 0.95]"])
+    assert (cfg.diffusion.prediction, cfg.model.n_layers, cfg.train.betas) == ("epsilon", 3, (0.9, 0.95))
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    with pytest.raises(ValueError, match="hidden_size"):
+        cfg.override({"model.hidden_size": 3})
+    with pytest.raises(ValueError, match="prediction"):
+        cfg.override({"diffusion.prediction": "x0"})
+    with pytest.raises(ValueError, match="unknown layout"):
+        cfg.override({"model.layout": "nope"})
+
+
+def test_parameter_counts_of_presets():
+    counts = {name: sum(p.numel() for p in create_model(name).parameters()) for name in ("small", "base")}
+    assert 2e6 < counts["small"] < 6e6, counts
+    assert 10e6 < counts["base"] < 15e6, counts
+
+
+# -- features -----------------------------------------------------------------------------------------------------
+def test_track_features_batching_pads_and_masks():
+    a = TrackFeatures.random(1, 10, generator=gen(0))
+    b = TrackFeatures.random(1, 14, generator=gen(1))
+    items = [a.index_select([0])._map(lambda _, v: v[0]), b._map(lambda _, v: v[0])]  # unbatched
+    batch = TrackFeatures.stack(items).validate()
+    assert batch.stem_mels.shape == (2, 4, 128, 14) and batch.structure.shape == (2, 14, 6)
+    assert batch.mask.tolist() == [[True] * 10 + [False] * 4, [True] * 14]
+    assert torch.equal(batch.stem_mels[0, ..., :10], a.stem_mels[0])
+    assert batch.repeat_interleave(3).batch_size == 6
+    assert torch.equal(batch.index_select([1]).bpm, b.bpm)
+    bad = TrackFeatures(**{**batch.__dict__, "key": torch.zeros(2, 12)})
+    with pytest.raises(ValueError, match="key"):
+        bad.validate()
+
+
+# -- shapes and init ----------------------------------------------------------------------------------------------
+def test_shapes_end_to_end_loss_and_sample():
+    model = create_model(tiny())
+    out = model(make_batch(), generator=gen(0))
+    assert set(out) == {"loss", "mse", "smooth", "audio", "cond_dropped"}
+    assert out["loss"].shape == () and out["cond_dropped"].shape == (4,)
+    out["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    curves = model.sample(feats(2), feats(2, seed=5), n_frames=20, steps=4, generator=gen(0))
+    assert curves.shape == (2, 20, P) and curves.min() >= 0 and curves.max() <= 1
+
+
+def test_adaln_zero_init_gives_exactly_zero_output():
+    model = create_model(tiny())
+    cond = model.encode(feats(3), feats(3, seed=1))
+    x = torch.randn(3, 16, P)
+    out = model.denoiser(x, torch.tensor([0, 500, 999]), cond)
+    assert torch.equal(out, torch.zeros_like(out))
+    block = model.denoiser.blocks[0]
+    h = torch.randn(3, 8, model.config.model.hidden_dim)
+    c = torch.randn(3, model.config.model.hidden_dim)
+    assert torch.equal(block(h, c, cond.tokens, cond.mask), h)  # each block starts as the identity
+
+
+# -- guidance dropout and CFG -------------------------------------------------------------------------------------
+def test_conditioning_dropout_is_per_sample_and_uses_null_tokens():
+    model = create_model(tiny(diffusion__cond_dropout=0.5))
+    seen = {}
+    model.denoiser.register_forward_hook(lambda mod, args, out: seen.update(cond=args[2]))
+    out = model(make_batch(batch=64), generator=gen(3))
+    dropped = out["cond_dropped"]
+    assert 0 < int(dropped.sum()) < 64  # some, not all: decided per sample
+    cond: Conditioning = seen["cond"]
+    null_tokens = model.encoder.null_tokens[0, 0]
+    null_pooled = model.encoder.null_pooled
+    for i in range(64):
+        is_null = bool(torch.all(cond.tokens[i] == null_tokens)) and torch.equal(cond.pooled[i], null_pooled)
+        assert is_null == bool(dropped[i]), i
+    other = model(make_batch(batch=64), generator=gen(4))["cond_dropped"]
+    assert not torch.equal(dropped, other)
+
+
+def test_cfg_is_one_batched_forward_per_step_and_encoder_runs_once():
+    model = create_model(tiny())
+    calls, encodes = [], []
+    model.denoiser.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    model.encoder.register_forward_hook(lambda mod, args, out: encodes.append(1))
+    model.sample(feats(3), feats(3, seed=1), n_frames=16, steps=7, guidance_scale=2.0, generator=gen(0))
+    assert calls == [6] * 7 and len(encodes) == 1  # [cond; null] in one call per step
+    calls.clear(), encodes.clear()
+    model.sample(feats(3), feats(3, seed=1), n_frames=16, steps=5, guidance_scale=1.0, generator=gen(0))
+    assert calls == [3] * 5 and len(encodes) == 1
+
+
+def test_sampling_is_seeded_and_deterministic():
+    model = create_model(tiny())
+    torch.nn.init.normal_(model.denoiser.final_layer.linear.weight, std=0.1)  # a non-trivial network
+    a, b = feats(2), feats(2, seed=1)
+    for eta in (0.0, 1.0):
+        s1 = model.sample(a, b, n_frames=16, steps=6, eta=eta, generator=gen(7))
+        s2 = model.sample(a, b, n_frames=16, steps=6, eta=eta, generator=gen(7))
+        s3 = model.sample(a, b, n_frames=16, steps=6, eta=eta, generator=gen(8))
+        assert torch.equal(s1, s2)
+        assert not torch.allclose(s1, s3)
+
+
+# -- training ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction", ["v", "epsilon"])
+def test_v_and_epsilon_train_on_a_toy_problem(prediction):
+    torch.manual_seed(0)
+    model = create_model(tiny(diffusion__prediction=prediction))
+    # Toy problem: each pair's curves are a ramp whose direction depends on the pair.
+    batch = make_batch(batch=8)
+    ramp = torch.linspace(0, 1, 16)[None, :, None].expand(8, 16, P)
+    batch["curves"] = torch.where(torch.arange(8)[:, None, None] % 2 == 0, ramp, 1 - ramp)
+    evaluate = lambda: model(batch, generator=gen(123))["mse"].item()  # noqa: E731 - same noise and t each time
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0, foreach=True)
+    before = evaluate()
+    for step in range(30):
+        loss = model(batch, generator=gen(step))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert evaluate() < 0.7 * before
+
+
+@pytest.fixture(scope="module")
+def overfit():
+    """Two conditions, two opposite targets (all 0 vs all 1), ~100 steps of overfitting (v-prediction)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = create_model(tiny())
+    x_a, y_a = feats(1, 8, seed=11), feats(1, 8, seed=12)
+    x_a.bpm[:], y_a.bpm[:] = 90.0, 170.0
+    x_b, y_b = feats(1, 8, seed=13), feats(1, 8, seed=14)
+    n = 4
+    batch = {"feats_a": TrackFeatures.cat([x_a.repeat_interleave(n), y_a.repeat_interleave(n)]),
+             "feats_b": TrackFeatures.cat([x_b.repeat_interleave(n), y_b.repeat_interleave(n)]),
+             "curves": torch.cat([torch.zeros(n, 16, P), torch.ones(n, 16, P)])}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0, foreach=True)
+    g = gen(0)
+    for _ in range(100):
+        loss = model(batch, generator=g)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return model, TrackFeatures.cat([x_a, y_a]), TrackFeatures.cat([x_b, y_b])
+
+
+@pytest.mark.parametrize("n_frames", [16, 64, 200, 33])
+def test_outputs_span_full_range_and_follow_conditioning(overfit, n_frames):
+    model, feats_a, feats_b = overfit
+    curves = model.sample(feats_a, feats_b, n_frames=n_frames, steps=20, generator=gen(5))
+    assert curves.shape == (2, n_frames, P)
+    assert curves[0].abs().mean() < 0.1, "condition X must give curves near 0"
+    assert (1 - curves[1]).abs().mean() < 0.1, "condition Y must give curves near 1"
+    assert curves[0].quantile(0.9) < 0.1 and curves[1].quantile(0.1) > 0.9  # not squeezed toward the middle
+    # Swapping the pairs swaps the outputs: the model reads its conditioning, not a fixed answer.
+    swapped = model.sample(TrackFeatures.cat([feats_a.index_select([1]), feats_a.index_select([0])]),
+                           TrackFeatures.cat([feats_b.index_select([1]), feats_b.index_select([0])]),
+                           n_frames=n_frames, steps=20, generator=gen(5))
+    assert swapped[0].mean() > 0.9 and swapped[1].mean() < 0.1
+
+
+def test_guidance_scale_zero_is_unconditional(overfit):
+    model, feats_a, feats_b = overfit
+    other_a, other_b = feats(2, 8, seed=40), feats(2, 8, seed=41)
+    s1 = model.sample(feats_a, feats_b, n_frames=16, steps=5, guidance_scale=0.0, generator=gen(1))
+    s2 = model.sample(other_a, other_b, n_frames=16, steps=5, guidance_scale=0.0, generator=gen(1))
+    assert torch.allclose(s1, s2)  # only the NULL branch counts
+
+
+def test_denoiser_runs_on_other_frame_counts():
+    model = create_model(tiny())
+    for block in model.denoiser.blocks:  # leave the zero init so outputs depend on positions
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.05)
+    torch.nn.init.normal_(model.denoiser.final_layer.linear.weight, std=0.05)
+    cond = model.encode(feats(2), feats(2, seed=1))
+    stds = []
+    for n_frames in (64, 200, 31):
+        out = model.denoiser(torch.randn(2, n_frames, P, generator=gen(n_frames)), torch.tensor([300, 700]), cond)
+        assert out.shape == (2, n_frames, P) and torch.isfinite(out).all()
+        stds.append(out.std().item())
+    assert max(stds) < 3 * min(stds)
+
+
+# -- masking -------------------------------------------------------------------------------------------------------
+def test_loss_ignores_padding_frames():
+    model = create_model(tiny())
+    for block in model.denoiser.blocks:
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.05)
+    torch.nn.init.normal_(model.denoiser.final_layer.linear.weight, std=0.05)
+    batch = make_batch(batch=3, n_frames=16)
+    mask = torch.ones(3, 16, dtype=torch.bool)
+    mask[0, 11:] = False  # an odd valid length: a patch straddles the boundary
+    mask[2, 6:] = False
+    batch["mask"] = mask
+    base = model(batch, generator=gen(9))
+    changed = dict(batch, curves=torch.where(mask[..., None], batch["curves"], 1 - batch["curves"]))
+    again = model(changed, generator=gen(9))
+    for key in ("mse", "smooth", "loss"):
+        assert torch.allclose(base[key], again[key], rtol=1e-5, atol=1e-7), key
+    valid_changed = batch["curves"].clone()
+    valid_changed[0, 3] = 1 - valid_changed[0, 3]
+    assert not torch.allclose(model(dict(batch, curves=valid_changed), generator=gen(9))["mse"], base["mse"])
+
+
+def test_conditioning_ignores_padded_feature_frames():
+    model = create_model(tiny())
+    a, b = feats(2, 12), feats(2, 12, seed=1)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[0, 7:] = False
+    a.mask = mask
+    noisy = TrackFeatures(**{**a.__dict__, "stem_mels": torch.where(mask[:, None, None], a.stem_mels, 50.0),
+                             "energy": torch.where(mask, a.energy, 9.0)})
+    c1, c2 = model.encode(a, b), model.encode(noisy, b)
+    valid = c1.mask
+    assert torch.allclose(c1.pooled, c2.pooled, atol=1e-5)
+    assert torch.allclose(c1.tokens[valid], c2.tokens[valid], atol=1e-5)
+
+
+def test_smoothness_penalty_prefers_smooth_curves_and_respects_mask():
+    ramp = torch.linspace(0, 1, 32)[None, :, None].expand(2, 32, 3)
+    jagged = ramp + 0.05 * torch.randn(2, 32, 3, generator=gen(0))
+    assert smoothness_penalty(jagged) > 10 * smoothness_penalty(ramp)
+    mask = torch.ones(2, 32, dtype=torch.bool)
+    mask[:, 20:] = False
+    wild = torch.where(mask[..., None], ramp, torch.rand(2, 32, 3, generator=gen(1)))
+    assert torch.allclose(smoothness_penalty(wild, mask), smoothness_penalty(ramp, mask))
+
+
+def test_style_label_and_its_free_token():
+    model = create_model(tiny(model__n_styles=3))
+    a, b = feats(2), feats(2, seed=1)
+    free = model.encode(a, b)
+    assert torch.equal(model.encode(a, b, style=torch.tensor([-1, -1])).pooled, free.pooled)
+    styled = model.encode(a, b, style=torch.tensor([0, 2]))
+    assert not torch.allclose(styled.pooled, free.pooled)
+    with pytest.raises(ValueError, match="style"):
+        model.encode(a, b, style=torch.tensor([3, 0]))
+    with pytest.raises(ValueError, match="n_styles=0"):
+        create_model(tiny()).encode(a, b, style=torch.tensor([0, 0]))
+    dropped = model.encoder(a, b, style=torch.tensor([0, 2]), drop=torch.tensor([True, False]))
+    null = model.encoder.null_like(free)
+    assert torch.equal(dropped.pooled[0], null.pooled[0])  # a dropped sample loses its style too
+
+
+def test_audio_loss_hook_only_for_samples_with_target_audio():
+    model = create_model(tiny())
+    torch.nn.init.normal_(model.denoiser.final_layer.linear.weight, std=0.05)
+    batch = make_batch(batch=2)
+    g = gen(0)
+    n = 8192
+    batch.update(stems_a=0.1 * torch.randn(2, 4, 2, n, generator=g), stems_b=0.1 * torch.randn(2, 4, 2, n, generator=g),
+                 target_audio=0.1 * torch.randn(2, 2, n, generator=g), has_audio=torch.tensor([True, False]))
+    out = model(batch, generator=gen(1), audio_weight=1.0)
+    assert out["audio"] > 0
+    out["loss"].backward()
+    assert model.denoiser.final_layer.linear.weight.grad.abs().sum() > 0
+    none = model(dict(batch, has_audio=torch.tensor([False, False])), generator=gen(1), audio_weight=1.0)
+    assert none["audio"] == 0
+    assert model(batch, generator=gen(1))["audio"] == 0  # weight 0 (the default): the mixer never runs
+
+
+def test_tracks_of_different_lengths_and_swapped_roles():
+    model = create_model(tiny())
+    a, b = feats(2, 12), feats(2, 17, seed=1)
+    cond = model.encode(a, b)
+    assert cond.tokens.shape == (2, 2 * 9, 32) and cond.mask.shape == (2, 18)
+    assert cond.mask[:, :9].sum() == 2 * 6 and cond.mask[:, 9:].all()  # A: 6 tokens of 9 valid, B: 9
+    curves = model.sample(a, b, n_frames=16, steps=3, generator=gen(0))
+    assert torch.isfinite(curves).all()
+    assert not torch.allclose(model.encode(b, a).pooled, cond.pooled)  # A and B are not interchangeable
