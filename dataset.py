@@ -384,23 +384,33 @@ def augment_item(item: dict, rng: np.random.Generator, jitter: float = 0.05) -> 
 
 
 def collate(items: list[dict]) -> dict:
-    """Batch items: TrackFeatures stacked, curves [B, F, P], masks [B, F], styles [B], audio padded."""
+    """Batch items into what TransitionDiffusion's loss reads.
+
+    feats_a / feats_b (TrackFeatures), curves [B, F, P] (when every item is labelled), mask [B, F],
+    style [B] (-1 = none), mix_bpm [B], pair_id; with audio: stems_a / stems_b [B, 4, 2, N],
+    target_audio [B, 2, N] zero-padded to the longest and has_audio [B].
+    """
     batch = {
-        "features_a": TrackFeatures.stack([i["features_a"] for i in items]),
-        "features_b": TrackFeatures.stack([i["features_b"] for i in items]),
-        "frame_mask": torch.stack([i["frame_mask"] for i in items]),
+        "feats_a": TrackFeatures.stack([i["features_a"] for i in items]),
+        "feats_b": TrackFeatures.stack([i["features_b"] for i in items]),
+        "mask": torch.stack([i["frame_mask"] for i in items]),
         "style": torch.tensor([i["style"] for i in items]),
         "pair_id": [i["pair_id"] for i in items],
-        "bpm": torch.tensor([i["bpm"] for i in items]),
+        "mix_bpm": torch.tensor([i["bpm"] for i in items]),
     }
     if all(i.get("curves") is not None for i in items):
         batch["curves"] = torch.stack([i["curves"] for i in items])
-    if all("target" in i for i in items):
-        n = max(i["target"].shape[-1] for i in items)
-        pad = [lambda x, n=n: F.pad(x, (0, n - x.shape[-1]))]
-        batch["stems_a"] = torch.stack([pad[0](i["stems_a"]) for i in items])
-        batch["stems_b"] = torch.stack([pad[0](i["stems_b"]) for i in items])
-        batch["target"] = torch.stack([pad[0](i["target"]) for i in items])
+    if any("target" in i for i in items):
+        n = max(i["target"].shape[-1] for i in items if "target" in i)
+
+        def padded(item: dict, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+            x = item.get(key)
+            return torch.zeros(*shape, n) if x is None else F.pad(x, (0, n - x.shape[-1]))
+
+        batch["stems_a"] = torch.stack([padded(i, "stems_a", (4, 2)) for i in items])
+        batch["stems_b"] = torch.stack([padded(i, "stems_b", (4, 2)) for i in items])
+        batch["target_audio"] = torch.stack([padded(i, "target", (2,)) for i in items])
+        batch["has_audio"] = torch.tensor(["target" in i for i in items])
     return batch
 
 

@@ -47,5 +47,6 @@ def test_augment_and_collate():
         assert item["curves"].shape == (40, len(FULL)) and 0 <= item["curves"].min() and item["curves"].max() <= 1
         assert set(item["features_a"].beats.unique().tolist()) <= {0.0, 1.0}
     batch = collate(items)
-    assert batch["curves"].shape == (2, 40, len(FULL)) and batch["features_b"].mask.shape == (2, 40)
+    assert batch["curves"].shape == (2, 40, len(FULL)) and batch["feats_b"].mask.shape == (2, 40)
+    assert batch["mask"].shape == (2, 40) and batch["mix_bpm"].shape == (2,)
     assert batch["style"].shape == (2,)

@@ -93,7 +93,7 @@ def test_pipeline_synthetic_end_to_end(tmp_path):
     ds = TransitionDataset(out, split, n_frames=64, augment=True)
     batch = collate([ds[i] for i in range(len(ds))])
     assert batch["curves"].shape == (len(ds), 64, len(FULL))
-    assert batch["features_a"].stem_mels.shape[1:] == (4, 128, 64)
+    assert batch["feats_a"].stem_mels.shape[1:] == (4, 128, 64)
     # resumable: a second run keeps every finished pair untouched
     stamps = {p["id"]: (out / p["path"] / "params.npy").stat().st_mtime_ns for p in pairs}
     assert pipeline.main(args) == 0
