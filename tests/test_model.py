@@ -24,13 +24,7 @@ from model import (
 P = 58  # the full layout
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small ops on a shared, loaded machine run far faster on one thread than on two competing ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> Config:
