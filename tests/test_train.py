@@ -1,0 +1,240 @@
+"""train.py: exact resume, signals, checkpoints (last/best/keep-K), wandb offline, DDP, one-line errors.
+
+Runs are tiny (the 'tiny' preset with 32 mel bins, 4 synthetic pairs of 12 s tracks reused every epoch, batches
+of 2) and call train.main in-process where they can. The synthetic pairs are made once per module and shared
+through --synthetic-cache; torch runs single-threaded here (faster than 2 threads on a loaded machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("synthetic_cache")
+
+
+def tiny_args(output: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--synthetic", "--synthetic-fixed", "--synthetic-cache", str(cache), "--synthetic-length", "4",
+            "--synthetic-val-length", "2", "--track-duration", "12", "--model-size", "tiny",
+            "--config", "model.n_mels=32", "--batch-size", "2", "--num-workers", "0", "--device", "cpu",
+            "--log-every", "1", "--output", str(output), *extra]
+
+
+def records(output: Path, kind: str = "train") -> list[dict]:
+    lines = (output / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+# -- exact resume ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def resumed_runs(tmp_path_factory, cache) -> tuple[Path, Path]:
+    """20 steps straight, and 10 steps + `--resume auto` + 10 steps, with dropout, augmentation and grad-accum on."""
+    root = tmp_path_factory.mktemp("resume")
+    common = ("--steps", "20", "--warmup-steps", "4", "--grad-accum", "2", "--augment", "--val-every", "5",
+              "--save-every", "5", "--config", "model.dropout=0.1")
+    straight, split = root / "straight", root / "split"
+    assert train.main(tiny_args(straight, cache, *common)) == 0
+    assert train.main(tiny_args(split, cache, *common, "--stop-after", "10")) == 0
+    assert load(split / "last.pt")["step"] == 10
+    assert train.main(tiny_args(split, cache, *common, "--resume", "auto")) == 0
+    return straight, split
+
+
+def test_resume_is_exact(resumed_runs):
+    straight, split = resumed_runs
+    a, b = load(straight / "last.pt"), load(split / "last.pt")
+    assert a["step"] == b["step"] == 20
+    assert_same_state(a["model"], b["model"])
+    assert_same_state(a["ema"], b["ema"])
+    assert torch.equal(a["ema_n_averaged"], b["ema_n_averaged"])
+    assert a["data_state"] == b["data_state"]
+    keys = ("step", "loss", "mse", "smooth", "grad_norm", "lr")
+    losses_a = [[r[k] for k in keys] for r in records(straight)]
+    losses_b = [[r[k] for k in keys] for r in records(split)]
+    assert [r[0] for r in losses_a] == list(range(1, 21))
+    assert losses_a == losses_b
+    assert records(straight, "val") == records(split, "val")
+    config = json.loads((split / "config.json").read_text())
+    assert config["model"]["dropout"] == 0.1 and config["train"]["steps"] == 20 and config["run"]["grad_accum"] == 2
+
+
+def test_resume_with_another_model_size_fails_in_one_line(resumed_runs, cache, tmp_path, capsys):
+    _, split = resumed_runs
+    before = (split / "last.pt").read_bytes()
+    rc = train.main(tiny_args(tmp_path / "other", cache, "--model-size", "small", "--resume", str(split / "last.pt")))
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1
+    assert "last.pt" in err and "hidden_dim: checkpoint 128, model 192" in err
+    assert (split / "last.pt").read_bytes() == before
+    assert not (tmp_path / "other").exists()
+
+
+def test_resume_auto_picks_last_pt(tmp_path, cache, caplog):
+    out = tmp_path / "run"
+    common = ("--steps", "8", "--save-every", "1", "--keep", "5", "--val-every", "100")
+    assert train.main(tiny_args(out, cache, *common, "--stop-after", "3")) == 0
+    assert sorted(p.name for p in out.glob("checkpoint_*.pt")) == [f"checkpoint_{i}.pt" for i in (1, 2, 3)]
+    train.link_atomic(out / "checkpoint_2.pt", out / "last.pt")  # last.pt older than the newest numbered one
+    with caplog.at_level("INFO", logger="train"):
+        assert train.main(tiny_args(out, cache, *common, "--resume", "auto", "--stop-after", "1")) == 0
+    assert "last.pt at step 2" in caplog.text
+    assert [r["step"] for r in records(out)] == [1, 2, 3]  # step 3 was dropped and done again
+    assert load(out / "last.pt")["step"] == 3
+
+
+def test_resume_auto_without_a_checkpoint_starts_fresh(tmp_path, cache):
+    out = tmp_path / "fresh"
+    assert train.main(tiny_args(out, cache, "--steps", "2", "--resume", "auto", "--val-every", "100")) == 0
+    assert [r["step"] for r in records(out)] == [1, 2]
+
+
+# -- checkpoints, validation and wandb ---------------------------------------------------------------------------
+SCRIPTED_VAL = [0.5, 0.3, 0.4]  # validation losses at steps 2, 4, 6: best.pt must stay at step 4
+
+
+@pytest.fixture(scope="module")
+def wandb_run(tmp_path_factory, cache) -> Path:
+    out = tmp_path_factory.mktemp("wandb") / "run"
+    losses = iter(SCRIPTED_VAL)
+
+    def scripted_evaluate(nets, *args, **kwargs):
+        value = next(losses)
+        return {name: value for name in nets}
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setattr(train, "evaluate", scripted_evaluate)
+        args = tiny_args(out, cache, "--steps", "6", "--val-every", "2", "--save-every", "1", "--keep", "2",
+                         "--wandb", "djmix-test/tiny", "--sample-steps", "4")
+        assert train.main(args) == 0
+    return out
+
+
+def test_keep_k_prunes_old_checkpoints(wandb_run):
+    assert sorted(p.name for p in wandb_run.glob("checkpoint_*.pt")) == ["checkpoint_5.pt", "checkpoint_6.pt"]
+    assert load(wandb_run / "last.pt")["step"] == 6
+    assert not list(wandb_run.glob(".*.tmp"))
+
+
+def test_best_pt_follows_the_validation_loss(wandb_run):
+    val = records(wandb_run, "val")
+    assert [(r["step"], r["val_ema_loss"]) for r in val] == list(zip((2, 4, 6), SCRIPTED_VAL))
+    best = load(wandb_run / "best.pt")
+    assert best["step"] == 4
+    assert best["extra"]["best_val"] == pytest.approx(0.3)
+    assert load(wandb_run / "last.pt")["extra"]["best_step"] == 4
+
+
+def test_wandb_offline_run_holds_the_metrics_and_media(wandb_run):
+    runs = list((wandb_run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    data = b"".join(p.read_bytes() for p in runs[0].glob("run-*.wandb"))
+    for key in (b"train/loss", b"train/lr", b"val/ema_loss", b"preview/curves", b"preview/sampled_mix"):
+        assert key in data, key
+    media = {p.suffix for p in (runs[0] / "files" / "media").rglob("*") if p.is_file()}
+    assert {".png", ".wav"} <= media
+    config = json.loads((wandb_run / "config.json").read_text())
+    assert config["name"] == "tiny" and config["run"]["wandb"] == "djmix-test/tiny"
+
+
+# -- signals, bad input, DDP -------------------------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_sigint_saves_a_checkpoint_and_exits_0(tmp_path, cache):
+    out = tmp_path / "run"
+    args = tiny_args(out, cache, "--steps", "100000", "--save-every", "100000", "--val-every", "100000")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no training step within the time limit"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    ckpt = load(out / "last.pt")
+    assert ckpt["step"] >= 1 and ckpt["step"] == records(out)[-1]["step"]
+    assert ckpt["extra"]["reason"] == "stop"
+    assert "SIGINT" in err
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_bad_input_is_one_line_and_non_zero(tmp_path, cache, capsys):
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "manifest.json").write_text("{not json")
+    cases = [(["--data", str(tmp_path / "missing")], "manifest.json"),
+             (["--data", str(corrupt)], "not valid JSON"),
+             (["--synthetic", "--resume", str(tmp_path / "nope.pt")], "no such checkpoint"),
+             ([], "--data PROCESSED_FOLDER or --synthetic")]
+    for extra, message in cases:
+        rc = train.main([*extra, "--output", str(tmp_path / "out"), "--device", "cpu"])
+        err = capsys.readouterr().err.strip()
+        assert rc != 0 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path, cache):
+    out = tmp_path / "ddp"
+    args = tiny_args(out, cache, "--steps", "4", "--val-every", "2", "--save-every", "2")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args]
+    result = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in records(out)] == [1, 2, 3, 4]  # rank 0 writes, once per step
+    assert [r["step"] for r in records(out, "val")] == [2, 4]
+    ckpt = load(out / "last.pt")
+    assert ckpt["step"] == 4 and ckpt["data_state"]["world_size"] == 2
+    assert json.loads((out / "config.json").read_text())["run"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_audio_loss_and_style_labels_train(tmp_path, cache):
+    """The audio loss renders through the mixer (its buffers must exist before the EMA copy); styles are labels."""
+    out = tmp_path / "audio"
+    args = tiny_args(out, cache, "--steps", "2", "--val-every", "2", "--audio-loss-weight", "0.1",
+                     "--config", "model.n_styles=9")
+    assert train.main(args) == 0
+    assert all(r["audio"] > 0 for r in records(out))
+    assert load(out / "last.pt")["step"] == 2
