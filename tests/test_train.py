@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def one_thread_module():
+    """conftest's one_thread, for the whole module: the module-scoped runs below set up before any function fixture."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
