@@ -568,10 +568,6 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
 
     torch.manual_seed(tc.seed)
     net = TransitionDiffusion(cfg).to(device)
-    if tc.audio_loss_weight > 0:  # the model would add it lazily, after EMA and DDP have listed its buffers
-        from model import AudioLoss
-
-        net.audio_loss_fn = AudioLoss(cfg.model.layout).to(device)
     ema = create_ema(net, tc.ema_decay)
     decay, no_decay = [], []
     for p in net.parameters():

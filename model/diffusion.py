@@ -197,7 +197,9 @@ class TransitionDiffusion(nn.Module):
         self.denoiser = DiT(cfg.model)
         self.schedule = NoiseSchedule(cfg.diffusion.train_timesteps, cfg.diffusion.prediction)
         self.sampler = DDIMSampler(self.schedule, cfg.diffusion.clip_x0)
-        self.audio_loss_fn: AudioLoss | None = None  # created on first use of the audio loss
+        # Built here, not on first use: a submodule added later would differ from the EMA copy's.
+        # It holds no parameters and only non-persistent buffers, so checkpoints are unchanged.
+        self.audio_loss_fn = AudioLoss(self.layout.name)
 
     # -- training ------------------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
@@ -252,8 +254,6 @@ class TransitionDiffusion(nn.Module):
                  else torch.nonzero(has.to(curves_pred.device), as_tuple=False).flatten())
         if index.numel() == 0:
             return curves_pred.new_zeros(())
-        if self.audio_loss_fn is None:
-            self.audio_loss_fn = AudioLoss(self.layout.name).to(curves_pred.device)
         bpm = batch.get("mix_bpm", batch["feats_a"].bpm)
         pick = lambda x: x.index_select(0, index.to(x.device))  # noqa: E731
         return self.audio_loss_fn(pick(curves_pred), pick(batch["stems_a"]), pick(batch["stems_b"]),
