@@ -448,7 +448,9 @@ def evaluate(nets: dict[str, TransitionDiffusion], loader: DataLoader, device: t
             for i, batch in enumerate(loader):
                 gen.manual_seed(derive_seed(cfg.train.seed, 7, i))
                 with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                    out = net(model_batch(batch, device, cfg.model.n_styles > 0), generator=gen)
+                    # As at inference: full track conditioning, style left free (no dropout draws in the loss).
+                    out = net(model_batch(batch, device, cfg.model.n_styles > 0), generator=gen,
+                              cond_dropout=0.0, style_dropout=1.0)
                 n = batch["curves"].shape[0]
                 total += torch.stack([out["loss"].float() * n, torch.tensor(float(n), device=device)])
             if world > 1:

@@ -203,10 +203,15 @@ class TransitionDiffusion(nn.Module):
 
     # -- training ------------------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
-                smoothness_weight: float | None = None, audio_weight: float | None = None) -> dict[str, torch.Tensor]:
-        """Training loss. Weights default to config.train. Returns {"loss", "mse", "smooth", "audio"} (scalars)
-        and "cond_dropped" ([B] bool: samples trained with the NULL conditioning, drawn per sample)."""
+                smoothness_weight: float | None = None, audio_weight: float | None = None,
+                cond_dropout: float | None = None, style_dropout: float | None = None) -> dict[str, torch.Tensor]:
+        """Training loss. Weights and dropout probabilities default to the config (a validation loss as at
+        inference: cond_dropout=0, style_dropout=1, i.e. full track conditioning and the style left free). Returns {"loss", "mse", "smooth",
+        "audio"} (scalars) and "cond_dropped" ([B] bool: samples trained with the NULL conditioning, drawn per
+        sample)."""
         cfg, dcfg = self.config, self.config.diffusion
+        cond_dropout = dcfg.cond_dropout if cond_dropout is None else cond_dropout
+        style_dropout = dcfg.style_dropout if style_dropout is None else style_dropout
         smoothness_weight = cfg.train.smoothness_weight if smoothness_weight is None else smoothness_weight
         audio_weight = cfg.train.audio_loss_weight if audio_weight is None else audio_weight
         curves, mask = batch["curves"], batch.get("mask")
@@ -221,8 +226,8 @@ class TransitionDiffusion(nn.Module):
         t = (_rand((batch_size,), generator, device) * self.schedule.timesteps).long().clamp_max(
             self.schedule.timesteps - 1)
         noise = _randn(curves.shape, generator, device)
-        drop = _rand((batch_size,), generator, device) < dcfg.cond_dropout  # per SAMPLE, never per batch
-        hide_style = _rand((batch_size,), generator, device) < dcfg.style_dropout
+        drop = _rand((batch_size,), generator, device) < cond_dropout  # per SAMPLE, never per batch
+        hide_style = _rand((batch_size,), generator, device) < style_dropout
         style = batch.get("style")
         if style is not None:
             style = torch.where(hide_style, torch.full_like(style, -1), style.to(device))
