@@ -84,7 +84,8 @@ def synthetic_sources(n: int, seed: int, duration: float = 150.0) -> list[TrackS
         if i % 4 == 0:
             style = styles[rng.integers(len(styles))]
             lo, hi = STYLES[style].bpm_range
-            centre = rng.uniform(lo + 0.03 * lo, hi - 0.03 * hi) if hi - lo > 0.06 * lo else (lo + hi) / 2
+            inner = (lo * 1.03, hi * 0.97)  # a centre whose +-3 % crate stays inside the style's range
+            centre = rng.uniform(*inner) if inner[0] < inner[1] else (lo + hi) / 2
         bpm = float(np.clip(centre * rng.uniform(0.97, 1.03), *STYLES[style].bpm_range))
         sources.append(TrackSource(id=f"synth_{seed}_{i:04d}", seed=int(seed * 100_003 + i), style=style, bpm=bpm,
                                    duration=float(duration * rng.uniform(0.8, 1.2))))

@@ -122,3 +122,13 @@ def test_manifest_paths_may_not_escape(tmp_path):
 def test_missing_tracks_folder_is_a_clear_error(tmp_path, capsys):
     assert pipeline.main(["--tracks", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_synthetic_crates_stay_in_style_ranges():
+    from data.synth import STYLES
+
+    sources = pipeline.synthetic_sources(400, seed=5)
+    assert {s.style for s in sources} == set(STYLES)  # every style, including narrow-range ones
+    for s in sources:
+        lo, hi = STYLES[s.style].bpm_range
+        assert lo <= s.bpm <= hi
