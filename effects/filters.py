@@ -82,3 +82,53 @@ def butterworth_lowpass(warped: torch.Tensor, corner: torch.Tensor, order: int) 
     """|H| = (1 + (w/wc)^(2n))^(-1/2)."""
     log_ratio = torch.log(warped) - torch.log(corner)
     return torch.exp(-0.5 * F.softplus(2.0 * order * log_ratio))
+
+
+def three_band_eq(warped: torch.Tensor, corners: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                  gains_db: tuple[torch.Tensor, torch.Tensor, torch.Tensor], shelf_q: float, mid_q: float,
+                  scale: torch.Tensor | None = None) -> torch.Tensor:
+    """low_shelf * peak * high_shelf (* scale) for many settings at once: gains [..., 1] -> [..., K].
+
+    corners are the warped (low, mid, high) corner frequencies. The same magnitudes as the three
+    functions above in a handful of passes: with x = (w / w0)^2 each squared magnitude is a ratio of
+    polynomials whose per-bin parts (1, c x, x^2 for the shelves, c = 1/Q^2 - 2; (1 - x)^2, x for the
+    peak) form a 7-row basis, so the numerators and the denominators of every setting are two matmuls.
+    The three ratios combine in the log domain (no overflow, and at 0 dB every ratio is exactly 1).
+    """
+    x_low, x_mid, x_high = ((warped / corner).clamp(1e-4, 1e4).square() for corner in corners)
+    c = 1.0 / shelf_q**2 - 2.0
+    basis = torch.stack([torch.ones_like(warped), c * x_low, x_low.square(), c * x_high, x_high.square(),
+                         (1.0 - x_mid).square(), x_mid])  # [7, K]
+    a_low, a_mid, a_high = (_db_to_a(g)[..., 0] for g in gains_db)
+    zero, one = torch.zeros_like(a_low), torch.ones_like(a_low)
+    numerators = (  # coefficients on the basis, per band: low shelf, peak, high shelf
+        (a_low.square(), a_low, one, zero, zero, zero, zero),  # (a - x)^2 + a x / Q^2
+        (zero, zero, zero, zero, zero, one, (a_mid / mid_q).square()),  # (1 - x)^2 + (a / Q)^2 x
+        (one, zero, zero, a_high, a_high.square(), zero, zero),  # (1 - a x)^2 + a x / Q^2
+    )
+    denominators = (
+        (one, a_low, a_low.square(), zero, zero, zero, zero),  # (1 - a x)^2 + a x / Q^2
+        (zero, zero, zero, zero, zero, one, (1.0 / (a_mid * mid_q)).square()),  # (1 - x)^2 + x / (a Q)^2
+        (a_high.square(), zero, zero, a_high, one, zero, zero),  # (a - x)^2 + a x / Q^2
+    )
+    num, den = (torch.matmul(torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2), basis)
+                for rows in (numerators, denominators))  # [..., 3, K]
+    half = torch.full((3,), 0.5, dtype=warped.dtype, device=warped.device)
+    magnitude = torch.exp(torch.matmul(half, torch.log(num / den)))  # sqrt of the product of the three ratios
+    prefactor = a_low * a_high if scale is None else a_low * a_high * scale[..., 0]
+    return magnitude * prefactor[..., None]
+
+
+def butterworth_pair(warped: torch.Tensor, hp_corner: torch.Tensor, lp_corner: torch.Tensor, order: int,
+                     hp_amount: torch.Tensor, lp_amount: torch.Tensor) -> torch.Tensor:
+    """(1 - hp_amount (1 - |HP|)) (1 - lp_amount (1 - |LP|)) for corners and amounts [..., 1] -> [..., K].
+
+    Both Butterworth responses of butterworth_highpass / butterworth_lowpass in one pass; an amount of 0
+    is a bit-exact bypass (the factor is exactly 1).
+    """
+    slope = torch.tensor([-2.0 * order, 2.0 * order], device=warped.device)  # high-pass, low-pass
+    log_corner = torch.log(torch.cat([hp_corner, lp_corner], dim=-1))  # [..., 2]
+    z = slope[:, None] * torch.log(warped) - (slope * log_corner)[..., None]  # [..., 2, K]
+    amount = torch.cat([hp_amount, lp_amount], dim=-1)[..., None]
+    high, low = torch.addcmul(1.0 - amount, amount, torch.exp(-0.5 * F.softplus(z))).unbind(-2)
+    return high * low

@@ -18,8 +18,13 @@ linear in the audio: no tanh, no limiter (loudness belongs to the output stage).
 Reverb: a deterministic (seeded) diffuse tail computed in the STFT domain. Every bin carries a
 leaky integrator whose per-frame decay g = 10^(-3 hop / (sr RT60)) follows `reverb_decay` frame by
 frame, and a fixed random phase per frame and bin makes the tail noise-like. Because the state is
-kept "de-phased", the recursion is a real first-order scan that we evaluate in parallel chunks, so
-a time-varying RT60 costs one pass over the spectrogram.
+kept "de-phased", the recursion has real per-frame coefficients; it runs frame by frame (one small
+op per frame), so a time-varying RT60 costs one pass over the reverb bus.
+
+Implementation: everything between the stem STFTs and the output ISTFTs (mask interpolation, stem
+sums, faders and sends, reverb, synthesis) is one autograd Function, _MixCore, that walks the frames
+in cache-sized blocks with a hand-written exact backward; only the control-rate masks and the
+per-frame weights go through autograd. See _MixCore for the per-frame formula.
 
 Delay: echoes every `delay_beats` beats at `bpm` (sample-exact), feedback applied per repeat as a
 time-varying gain, tails ring on after the send closes.
@@ -57,7 +62,7 @@ class MixerConfig:
     delay_beats: float = 0.5  # echo spacing in beats (1/8 note)
     default_bpm: float = 120.0  # used when no bpm is given
     reverb_seed: int = 1234
-    reverb_chunk: int = 32  # frames per parallel scan chunk (decay^chunk must stay inside float32)
+    reverb_chunk: int = 32  # unused (the reverb no longer runs in chunks); kept so that existing configs load
     check_finite: bool = True  # validate curves (one host sync per call); off for max GPU throughput
 
 
@@ -89,7 +94,7 @@ class DifferentiableDJMixer(nn.Module):
         self._stem_idx = torch.tensor(stem_idx)
         self._col = {name: FULL.index(name) for name in FULL.names if name.count(".") < 2}
         self._sample_cols = [self._col[name] for name in ("master_gain", "a.delay_feedback", "b.delay_feedback")]
-        self._phases: dict[torch.device, torch.Tensor] = {}
+        self._phases: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- public entry ----------------------------------------------------------------------------
     def forward(
@@ -112,34 +117,51 @@ class DifferentiableDJMixer(nn.Module):
         frames = self._positions(model.shape[1], n_stft, cfg.hop_length, n, model.device)
 
         # Spectra stay [..., M, K] (frames, bins): torch.stft's own memory order, so nothing is transposed.
-        masks = self._stem_masks(model, phys, frames)  # [B, 2, 4, M, K]
-        channels = torch.stack(  # [B, 2 tracks, 2 ch, M, K]
-            [_masked_stem_sum(self._stft(stems.float()), masks[:, t]) for t, stems in enumerate((stems_a, stems_b))],
-            dim=1,
-        )
-
-        frame = _lerp_rows(phys, *frames)[..., None]  # per-frame values [B, M, 58, 1]
+        # Masks stay at the control rate; _MixCore interpolates them block by block.
+        masks, identity = self._stem_masks(model, phys, frames)  # [B, 2, 4, Fm, K]
+        frame = _lerp_rows(phys, *frames)  # per-frame values [B, M, 58]
+        col = {name: frame[..., i] for name, i in self._col.items()}  # each [B, M]
+        with_delay = "delay_send" in {p.control for p in layout}
         if layout.crossfader_thru:
-            dry = channels[:, 0] + channels[:, 1]
+            fader = [torch.ones_like(col["crossfader"])] * 2
         else:
-            angle = frame[:, None, :, self._col["crossfader"]] * (math.pi / 2)
-            dry = channels[:, 0] * torch.cos(angle) + channels[:, 1] * torch.sin(angle)
+            angle = col["crossfader"] * (math.pi / 2)
+            fader = [torch.cos(angle), torch.sin(angle)]
+        # Reverb: per frame and bin d[m] = g[m] d[m-1] + norm[m] conj(P[m-1]) x[m-1] (one frame of pre-delay);
+        # the tail decays by 60 dB in RT60 seconds and a stationary input keeps its energy. norm[m + 1] is
+        # folded into frame m's send.
+        log_g = -math.log(1000.0) * cfg.hop_length / (cfg.sample_rate * col["reverb_decay"])  # [B, M], <= 0
+        norm_next = F.pad(torch.sqrt(-torch.expm1(2.0 * log_g[:, 1:])), (0, 1))
+        sends = fader if layout.reverb_from_master else [col[f"{t}.reverb_send"] for t in TRACKS]
+        zero = torch.zeros_like(col["crossfader"])
+        dests = [fader]  # per frame: (track a, track b) weights of the dry bus, the delay sends, the reverb send
+        if with_delay:
+            dests += [[col["a.delay_send"], zero], [zero, col["b.delay_send"]]]
+        dests.append([send * norm_next for send in sends])
+        mix = torch.stack([torch.stack([d[t] for d in dests], dim=-1) for t in range(2)], dim=-2)  # [B, M, 2, D]
 
-        lowcut = self.send_lowcut
-        if layout.reverb_from_master:
-            reverb_in = dry * lowcut
-        else:
-            sends = [frame[:, None, :, self._col[f"{t}.reverb_send"]] * lowcut for t in TRACKS]  # [B, 1, M, K]
-            reverb_in = channels[:, 0] * sends[0] + channels[:, 1] * sends[1]
-        level = frame[:, None, :, self._col["reverb_return"]]
-        wet = self._reverb(reverb_in, frame[:, :, self._col["reverb_decay"]], level)
-        out = self._istft(dry + wet, n)  # [B, 2, N]
+        block = _block_frames(batch, cfg.n_fft // 2 + 1, n_stft)
+        blocks = tuple((m0, min(m0 + block, n_stft)) for m0 in range(0, n_stft, block))
+        phase, phase_conj = self._phase(n_stft, masks.device)
+        plan = _Plan(
+            blocks=blocks,
+            interp=None if identity else _interp_matrix(*frames, masks.shape[-2]),
+            rows=blocks if identity else _mask_rows(blocks, masks.shape[-2], cfg.hop_length, n),
+            lowcut=self.send_lowcut.repeat_interleave(2),
+            phase=phase,
+            phase_conj=phase_conj,
+            window=self.window,
+            inv_env=_inverse_envelope(self.window, cfg.hop_length, n_stft, n),
+            hop=cfg.hop_length,
+        )
+        specs = self._stft(stems_a.float()), self._stft(stems_b.float())
+        # Masks interleaved [..., 2K] like the (re, im) pairs of the spectra: real views then multiply at full speed.
+        masks = masks.unsqueeze(-1).expand(*masks.shape, 2).flatten(-2)
+        out, delay_sends = _MixCore.apply(*specs, masks, mix, col["reverb_return"], torch.exp(log_g), plan)
 
         per_sample = _to_samples(phys[..., self._sample_cols].transpose(1, 2), n)  # [B, 3, N]: master dB, fb a, fb b
-        if "delay_send" in {p.control for p in layout}:
-            sends = torch.stack([frame[:, :, self._col[f"{t}.delay_send"]] for t in TRACKS], dim=1)  # [B, 2, M, 1]
-            delay_in = self._istft(channels * (sends[:, :, None] * lowcut), n)  # [B, 2, 2, N]
-            out = out + self._delays(delay_in, per_sample[:, 1:], bpms)
+        if with_delay:
+            out = out + self._delays(delay_sends, per_sample[:, 1:], bpms)
         return out * torch.pow(10.0, per_sample[:, :1] / 20.0)
 
     # -- validation ------------------------------------------------------------------------------
@@ -191,13 +213,6 @@ class DifferentiableDJMixer(nn.Module):
         spec = torch.stft(flat, cfg.n_fft, cfg.hop_length, window=self.window, center=True, return_complex=True)
         return spec.transpose(-1, -2).reshape(*audio.shape[:-1], spec.shape[-1], spec.shape[-2])
 
-    def _istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
-        cfg = self.config
-        """[..., M, K] complex -> [..., N]."""
-        flat = spec.reshape(-1, *spec.shape[-2:]).transpose(-1, -2)
-        audio = torch.istft(flat, cfg.n_fft, cfg.hop_length, window=self.window, center=True, length=length)
-        return audio.reshape(*spec.shape[:-2], length)
-
     # -- time interpolation ----------------------------------------------------------------------
     @staticmethod
     def _positions(n_frames: int, n_out: int, step: float, n_samples: int, device) -> tuple[torch.Tensor, ...]:
@@ -215,10 +230,12 @@ class DifferentiableDJMixer(nn.Module):
         return left, left + 1, (pos - left)[:, None]
 
     # -- stem masks ------------------------------------------------------------------------------
-    def _stem_masks(self, model: torch.Tensor, phys: torch.Tensor, frames: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Gain x EQ x filter magnitude per track, stem, STFT frame and bin: [B, 2, 4, M, K].
+    def _stem_masks(self, model: torch.Tensor, phys: torch.Tensor,
+                    frames: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, bool]:
+        """Gain x EQ x filter magnitude per track, stem, control frame and bin: [B, 2, 4, min(F, M), K].
 
-        Responses are evaluated at min(F, M) control frames, then interpolated in time.
+        Responses are evaluated at min(F, M) control frames (and interpolated in time by _MixCore);
+        the flag says whether they already sit on the STFT frames.
         """
         cfg = self.config
         at_stft_rate = model.shape[1] > frames[0].shape[0]
@@ -230,16 +247,14 @@ class DifferentiableDJMixer(nn.Module):
         gain, eq_low, eq_mid, eq_high, hpf_hz, lpf_hz = x.unbind(dim=3)  # each [B, 2, 4, Fc, 1]
         w = self.warped  # [K]
         sr = cfg.sample_rate
-        mask = gain * filters.low_shelf(w, _warp_const(cfg.eq_low_hz, sr, w), eq_low, cfg.shelf_q)
-        mask = mask * filters.peak(w, _warp_const(cfg.eq_mid_hz, sr, w), eq_mid, cfg.mid_q)
-        mask = mask * filters.high_shelf(w, _warp_const(cfg.eq_high_hz, sr, w), eq_high, cfg.shelf_q)
+        corners = tuple(_warp_const(hz, sr, w) for hz in (cfg.eq_low_hz, cfg.eq_mid_hz, cfg.eq_high_hz))
+        mask = filters.three_band_eq(w, corners, (eq_low, eq_mid, eq_high), cfg.shelf_q, cfg.mid_q, scale=gain)
         # The open end of each filter fades from bit-exact bypass into the Butterworth response.
         hp_engage = (u[:, :, :, 4] / cfg.filter_engage).clamp(max=1.0)
         lp_engage = ((1.0 - u[:, :, :, 5]) / cfg.filter_engage).clamp(max=1.0)
-        hp = filters.butterworth_highpass(w, filters.warp(hpf_hz, sr), cfg.filter_order)
-        lp = filters.butterworth_lowpass(w, filters.warp(lpf_hz, sr), cfg.filter_order)
-        mask = mask * (1.0 - hp_engage * (1.0 - hp)) * (1.0 - lp_engage * (1.0 - lp))  # [B, 2, 4, Fc, K]
-        return mask if at_stft_rate else _lerp_rows(mask, *frames)
+        mask = mask * filters.butterworth_pair(w, filters.warp(hpf_hz, sr), filters.warp(lpf_hz, sr),
+                                               cfg.filter_order, hp_engage, lp_engage)  # [B, 2, 4, Fc, K]
+        return mask, at_stft_rate
 
     # -- delay -----------------------------------------------------------------------------------
     def _delays(self, sends: torch.Tensor, feedback: torch.Tensor, bpms: list[float]) -> torch.Tensor:
@@ -252,65 +267,25 @@ class DifferentiableDJMixer(nn.Module):
         return torch.stack(outs)
 
     # -- reverb ----------------------------------------------------------------------------------
-    def _phase(self, n_frames: int, device: torch.device) -> torch.Tensor:
-        """Unit phasors [2, M, K] from a fixed seed, identical on every device and call."""
+    def _phase(self, n_frames: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit phasors P and conj(P) [2, M, K] from a fixed seed, identical on every device and call.
+
+        The conjugate is kept too: multiplying by a lazily conjugated view costs an extra copy every time.
+        """
         cached = self._phases.get(device)
-        if cached is None or cached.shape[1] < n_frames:
+        if cached is None or cached[0].shape[1] < n_frames:
             gen = torch.Generator().manual_seed(self.config.reverb_seed)
-            size = max(n_frames, 2 * (cached.shape[1] if cached is not None else 0))
+            size = max(n_frames, 2 * (cached[0].shape[1] if cached is not None else 0))
             # Frame-major draw: a longer table starts with the same frames as a shorter one.
             theta = torch.rand(size, 2, self.config.n_fft // 2 + 1, generator=gen) * (2 * math.pi)
-            cached = torch.polar(torch.ones_like(theta), theta).transpose(0, 1).contiguous().to(device)
+            phase = torch.polar(torch.ones_like(theta), theta).transpose(0, 1).contiguous().to(device)
+            cached = phase, phase.conj().resolve_conj()
             self._phases[device] = cached
-        return cached[:, :n_frames]
-
-    def _reverb(self, x: torch.Tensor, rt60: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """Diffuse reverb tail of x [B, 2, M, K] with per-frame RT60 (s) [B, M, 1] and return level [B, 1, M, 1].
-
-        One frame of pre-delay.
-
-        Per bin: state d[m] = g[m] d[m-1] + sqrt(1 - g[m]^2) conj(P[m-1]) x[m-1], output P[m] d[m], so
-        the tail decays by 60 dB in RT60 seconds and a stationary input keeps its energy.
-        """
-        cfg = self.config
-        log_g = -math.log(1000.0) * cfg.hop_length / (cfg.sample_rate * rt60)  # [B, M, 1], <= 0
-        norm = torch.sqrt(-torch.expm1(2.0 * log_g))
-        phase = self._phase(x.shape[-2], x.device)
-        # Input enters with the phase of its own frame and leaves with a later frame's, so no
-        # input/output pair shares a phase (a shared one would pass the first frame coherently).
-        scrambled = x * phase.conj()
-        drive = torch.cat([torch.zeros_like(x[..., :1, :]), scrambled[..., :-1, :]], dim=-2) * norm[:, None]
-        return _leaky_scan(drive, log_g[:, None], cfg.reverb_chunk) * (phase * level)
+        return cached[0][:, :n_frames], cached[1][:, :n_frames]
 
 
 def _warp_const(freq_hz: float, sample_rate: int, like: torch.Tensor) -> torch.Tensor:
     return filters.warp(torch.tensor(freq_hz, dtype=like.dtype, device=like.device), sample_rate)
-
-
-def _leaky_scan(drive: torch.Tensor, log_g: torch.Tensor, chunk: int) -> torch.Tensor:
-    """y[m] = exp(log_g[m]) * y[m-1] + drive[m] along axis -2 (frames), y[-1] = 0.
-
-    drive [..., M, K]; log_g [..., M, 1] (<= 0). Closed form inside chunks (cumulative sums scaled by
-    exp(-cumulative log decay), bounded by the chunk length), then a short sequential pass carries
-    the state across chunks.
-    """
-    m = drive.shape[-2]
-    n_chunks = -(-m // chunk)
-    pad = n_chunks * chunk - m
-    if pad:
-        drive = torch.cat([drive, drive.new_zeros(*drive.shape[:-2], pad, drive.shape[-1])], dim=-2)
-        log_g = torch.cat([log_g, log_g.new_zeros(*log_g.shape[:-2], pad, 1)], dim=-2)
-    drive = drive.unflatten(-2, (n_chunks, chunk))  # [..., C, chunk, K]
-    cum = log_g.unflatten(-2, (n_chunks, chunk)).cumsum(dim=-2)  # decay since the chunk start
-    decay = torch.exp(cum)
-    local = torch.cumsum(drive * torch.exp(-cum), dim=-2) * decay
-    # unbind once: indexing inside the loop would cost a full-size gradient buffer per step.
-    ends, end_decays = local[..., -1, :].unbind(-2), decay[..., -1, :].unbind(-2)
-    carries = [torch.zeros_like(ends[0])]
-    for c in range(n_chunks - 1):
-        carries.append(ends[c] + end_decays[c] * carries[-1])
-    carried = torch.stack(carries, dim=-2)[..., None, :] * decay
-    return (local + carried).flatten(-3, -2)[..., :m, :]
 
 
 def _to_samples(curves: torch.Tensor, n: int) -> torch.Tensor:
@@ -328,45 +303,6 @@ def _lerp_rows(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, w: torc
     return torch.lerp(x.index_select(-2, left), x.index_select(-2, right), w)
 
 
-class _MaskedStemSum(torch.autograd.Function):
-    """sum_s masks[:, s] * spec[:, s]: spec [B, 4, 2, M, K] complex, masks [B, 4, M, K] real -> [B, 2, M, K].
-
-    Written by hand because autograd's broadcast reductions for a real mask times a complex
-    spectrogram cost several times the forward; here both passes accumulate in place.
-    """
-
-    @staticmethod
-    def forward(ctx, spec: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(spec, masks)
-        real, m = torch.view_as_real(spec), masks[:, :, None, ..., None]  # [B, 4, 2, M, K, 2], [B, 4, 1, M, K, 1]
-        out = real[:, 0] * m[:, 0]
-        for s in range(1, spec.shape[1]):
-            out.addcmul_(real[:, s], m[:, s])
-        return torch.view_as_complex(out)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        spec, masks = ctx.saved_tensors
-        grad_spec = grad_masks = None
-        g = torch.view_as_real(grad.contiguous())  # [B, 2, M, K, 2]
-        if ctx.needs_input_grad[1]:
-            real = torch.view_as_real(spec)
-            grads = []
-            for s in range(spec.shape[1]):
-                acc = real[:, s, 0] * g[:, 0]  # Re(conj(X) g) summed over channels
-                for c in range(1, spec.shape[2]):
-                    acc.addcmul_(real[:, s, c], g[:, c])
-                grads.append(acc.sum(-1))
-            grad_masks = torch.stack(grads, dim=1)
-        if ctx.needs_input_grad[0]:
-            grad_spec = grad[:, None] * masks[:, :, None]
-        return grad_spec, grad_masks
-
-
-def _masked_stem_sum(spec: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    return _MaskedStemSum.apply(spec, masks)
-
-
 def _delay_line(x: torch.Tensor, feedback: torch.Tensor, delay: int) -> torch.Tensor:
     """Feedback delay y[n] = x[n - D] + fb[n] y[n - D] of x [C, N] with fb [N], evaluated D samples at a time."""
     c, n = x.shape
@@ -379,3 +315,261 @@ def _delay_line(x: torch.Tensor, feedback: torch.Tensor, delay: int) -> torch.Te
     for j in range(1, blocks):
         out.append(xb[j - 1] + fb[j] * out[-1])
     return torch.cat(out, dim=-1)[:, :n]
+
+
+# -- the spectral core ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Plan:
+    """The fixed (non-differentiable) inputs of one _MixCore call."""
+
+    blocks: tuple[tuple[int, int], ...]  # STFT frame ranges [m0, m1) rendered together
+    interp: torch.Tensor | None  # [Fm, M] mask-row -> frame interpolation weights; None: masks are per frame
+    rows: tuple[tuple[int, int], ...]  # mask rows [lo, hi) each block reads
+    lowcut: torch.Tensor  # [2K] send low cut, interleaved like (re, im)
+    phase: torch.Tensor  # [2, M, K] reverb phasors P
+    phase_conj: torch.Tensor  # conj(P)
+    window: torch.Tensor  # [n_fft] synthesis window
+    inv_env: torch.Tensor  # [N] 1 / overlap-added squared window (the ISTFT normalisation)
+    hop: int
+
+
+def _block_frames(batch: int, n_bins: int, n_frames: int) -> int:
+    """Frames per block: the largest per-block temporary ([B, 4, 2, t, K] complex) stays under 24 MiB.
+
+    Blocks keep every intermediate reusable (glibc hands freed chunks under 32 MiB back for reuse; larger
+    ones return to the OS and cost page faults on every call), while being large enough that per-op
+    overhead (thread wake-ups, kernel launches) stays small.
+    """
+    return max(8, min(n_frames, (24 << 20) // (batch * 64 * n_bins)))
+
+
+def _interp_matrix(left: torch.Tensor, right: torch.Tensor, w: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Linear interpolation of n_rows control rows onto the frames as a matrix [n_rows, M] (two taps per column)."""
+    cols = torch.arange(left.shape[0], device=left.device)
+    mat = w.new_zeros(n_rows, left.shape[0])
+    mat.index_put_((left, cols), 1.0 - w[:, 0], accumulate=True)
+    return mat.index_put_((right, cols), w[:, 0], accumulate=True)
+
+
+def _mask_rows(blocks, n_rows: int, hop: int, n: int) -> tuple[tuple[int, int], ...]:
+    """Control rows [lo, hi) that the frames of each block interpolate from (see _positions), with one row of
+    margin each side so that float32 rounding of the positions can never fall outside."""
+    if n_rows == 1:
+        return tuple((0, 1) for _ in blocks)
+    ratio = hop * (n_rows - 1) / (n - 1)
+    last = n_rows - 2
+    return tuple((max(0, min(int(m0 * ratio), last) - 1), min(n_rows, min(int((m1 - 1) * ratio), last) + 3))
+                 for m0, m1 in blocks)
+
+
+def _inverse_envelope(window: torch.Tensor, hop: int, m: int, n: int) -> torch.Tensor:
+    """1 / sum_m window^2[t - m hop] over the samples a centred ISTFT of m frames keeps: [N]."""
+    overlap = window.shape[0] // hop
+    square = window.square().view(overlap, hop)
+    env = window.new_zeros(m + overlap - 1, hop)
+    for j in range(overlap):
+        env[j:j + m] += square[j]
+    return env.flatten()[window.shape[0] // 2:][:n].reciprocal()
+
+
+def _real(x: torch.Tensor) -> torch.Tensor:
+    """Complex [..., K] -> real [..., 2K] view (re, im interleaved)."""
+    return torch.view_as_real(x).flatten(-2)
+
+
+def _frame_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Re sum_{c, k} conj(x) y of contiguous complex [t, B, C, K] pairs -> [B, t] (one bmm)."""
+    t, b = x.shape[:2]
+    return torch.bmm(_real(x).view(t * b, 1, -1), _real(y).view(t * b, -1, 1)).view(t, b).T
+
+
+class _Block:
+    """One block of t frames. Per item and channel, the rows are frames:
+
+    chan  [B, 2 ch, t, 2 tracks, 2K] real  masked stem sums C_t, track-inner: mixing is a bmm over rows
+    buses [B, 2 ch, t, n_bus, K] complex   bus-inner; the reverb send [B, 2 ch, t, K] complex
+    reverb states and adjoints [t + 1, B, 2 ch, K] complex (frame-outer: each step is one contiguous row)
+    """
+
+    def __init__(self, c: int, plan: _Plan, mix: torch.Tensor):
+        self.m0, self.m1 = plan.blocks[c]
+        self.t = self.m1 - self.m0
+        self.lo, self.hi = plan.rows[c]
+        b, _, n_tracks, n_dest = mix.shape
+        # per-frame mixing weights repeated per channel, [B 2 t, tracks, dests]
+        self.mix = mix[:, None, self.m0:self.m1].expand(b, 2, self.t, n_tracks, n_dest).reshape(-1, n_tracks, n_dest)
+
+    def masks(self, masks: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """Interleaved stem masks [B, 2 tracks, 4, t, 2K] on the block's frames."""
+        if plan.interp is None:
+            return masks[..., self.m0:self.m1, :]
+        return torch.matmul(plan.interp[self.lo:self.hi, self.m0:self.m1].T, masks[..., self.lo:self.hi, :])
+
+    def channels(self, specs, mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """chan[b, c, m, t] = sum_s mask_ts X_ts (real views, all operands contiguous in the bins)."""
+        for t, spec in enumerate(specs):
+            x = _real(spec[:, :, :, self.m0:self.m1])  # [B, 4, 2, t, 2K]
+            w = mask[:, t, :, None]  # [B, 4, 1, t, 2K]
+            torch.mul(x[:, 0], w[:, 0], out=out[..., t, :])
+            for s in range(1, x.shape[1]):
+                out[..., t, :].addcmul_(x[:, s], w[:, s])
+        return out
+
+    def send(self, chan: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """Reverb drive s = conj(P) lowcut (mix[:, -1] @ C): [B, 2, t, K] complex."""
+        send = torch.bmm(self.mix[..., -1:].transpose(1, 2), chan.flatten(0, 2)).view(*chan.shape[:3], -1)
+        send = torch.view_as_complex(send.mul_(plan.lowcut).unflatten(-1, (-1, 2)))
+        return send.mul_(plan.phase_conj[:, self.m0:self.m1])
+
+
+def _reverb_states(send: torch.Tensor, decay: torch.Tensor, carry: torch.Tensor, m0: int) -> torch.Tensor:
+    """States d[m0 - 1 .. m1 - 1] [t + 1, B, 2, K] of d[m] = g[m] d[m - 1] + s[m - 1], carry = (d, s)[m0 - 1].
+
+    Frame by frame: each step is one small op (below the threading grain, so no thread sync), and the
+    recursion stays exact for any time-varying decay.
+    """
+    b, c, t, k = send.shape
+    states = send.new_empty(t + 1, b, c, k)
+    states[0] = carry[0]
+    g = decay[:, m0:m0 + t].T.to(send.dtype)[..., None, None]  # [t, B, 1, 1], complex: no per-step casts
+    torch.addcmul(carry[1], states[0], g[0], out=states[1])
+    for r in range(1, t):
+        torch.addcmul(send[:, :, r - 1], states[r], g[r], out=states[r + 1])
+    return states
+
+
+class _MixCore(torch.autograd.Function):
+    """Stem spectra, control-rate masks and per-frame mixing weights -> dry + reverb [B, 2, N] and the two
+    delay sends [B, 2 tracks, 2, N] (or [B, 0, 2, N] without delay), in the time domain.
+
+    Per frame m and channel, with the track channels C_t = sum_s mask_ts X_ts:
+        bus_j = sum_t mix[m, t, j] C_t                         j < n_bus (dry, then the delay sends)
+        s[m]  = conj(P[m]) lowcut sum_t mix[m, t, -1] C_t      reverb drive (norm and send folded into mix)
+        d[m]  = decay[m] d[m - 1] + s[m - 1]                   reverb state
+        bus_0 += ret[m] P[m] d[m];  bus_j *= lowcut (j >= 1)
+    then the ISTFT of every bus.
+
+    Frames are processed in blocks (_block_frames): masks interpolated, stems summed, mixed (a bmm over
+    frames), the reverb recursion run, buses synthesised and overlap-added, so nothing full-size exists
+    besides the stem spectra, the channels kept for backward and the output. Backward runs the blocks in
+    reverse with the exact adjoints (the ISTFT's is an rFFT of the windowed gradient frames), recomputing
+    the reverb states from the state saved at each block start.
+
+    spec_a, spec_b [B, 4, 2, M, K] complex; masks [B, 2, 4, Fm, 2K] (interleaved); mix [B, M, 2, n_bus + 1];
+    ret, decay [B, M].
+    """
+
+    @staticmethod
+    def forward(ctx, spec_a, spec_b, masks, mix, ret, decay, plan: _Plan):
+        b, _, _, m, k = spec_a.shape
+        n_bus, hop, n_fft = mix.shape[-1] - 1, plan.hop, plan.window.shape[0]
+        overlap = n_fft // hop
+        window = plan.window.view(overlap, hop)
+        keep = any(ctx.needs_input_grad)
+        # channels of every block, kept for backward (block-major, so that each block is contiguous)
+        store = masks.new_empty(b * 2 * m * 2 * 2 * k) if keep else None
+        acc = masks.new_zeros(b, n_bus, 2, m + overlap - 1, hop)  # overlap-add, one row per hop
+        carry = spec_a.new_zeros(2, b, 2, k)  # reverb (d, s) of the frame before the block
+        carries = spec_a.new_empty(len(plan.blocks), 2, b, 2, k)
+        for c in range(len(plan.blocks)):
+            blk = _Block(c, plan, mix)
+            m0, m1, t = blk.m0, blk.m1, blk.t
+            shape = (b, 2, t, 2, 2 * k)
+            out = store[b * 2 * m0 * 4 * k:][:b * 2 * t * 4 * k].view(shape) if keep else masks.new_empty(shape)
+            chan = blk.channels((spec_a, spec_b), blk.masks(masks, plan), out)
+            buses = torch.bmm(blk.mix[..., :n_bus].transpose(1, 2), chan.flatten(0, 2))  # [B 2 t, n_bus, 2K]
+            buses[:, 1:] *= plan.lowcut
+            buses = torch.view_as_complex(buses.view(b, 2, t, n_bus, k, 2))
+            send = blk.send(chan, plan)
+            carries[c] = carry
+            states = _reverb_states(send, decay, carry, m0)
+            carry = torch.stack([states[-1], send[:, :, -1]])
+            wet = torch.view_as_real(states[1:]).mul_(ret[:, m0:m1].T[..., None, None, None])  # [t, B, 2, K, 2]
+            buses[..., 0, :].addcmul_(torch.view_as_complex(wet).permute(1, 2, 0, 3), plan.phase[:, m0:m1])
+            frames = torch.fft.irfft(buses, n=n_fft).permute(0, 3, 1, 2, 4).unflatten(-1, (overlap, hop))
+            for j in range(overlap):  # frames [B, n_bus, 2, t, R, hop]
+                acc[..., m0 + j:m1 + j, :].addcmul_(frames[..., j, :], window[j])
+        ctx.save_for_backward(spec_a, spec_b, masks, mix, ret, decay, carries, store)
+        ctx.plan = plan
+        y = acc.flatten(-2)[..., n_fft // 2:][..., :plan.inv_env.shape[0]].mul_(plan.inv_env)
+        return y[:, 0], y[:, 1:]
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_delay):
+        spec_a, spec_b, masks, mix, ret, decay, carries, store = ctx.saved_tensors
+        plan = ctx.plan
+        b, _, _, m, k = spec_a.shape
+        n_bus, hop, n_fft = mix.shape[-1] - 1, plan.hop, plan.window.shape[0]
+        overlap, n = n_fft // hop, plan.inv_env.shape[0]
+        # Adjoint of trim + normalisation + overlap-add: the frames of the normalised, zero-padded gradient.
+        padded = grad_out.new_empty(b, n_bus, 2, (m + overlap - 1) * hop)
+        padded[..., :n_fft // 2] = 0.0
+        padded[..., n_fft // 2 + n:] = 0.0
+        inner = padded[..., n_fft // 2:n_fft // 2 + n]
+        torch.mul(grad_out, plan.inv_env, out=inner[:, 0])
+        if n_bus > 1:
+            if grad_delay is None:
+                inner[:, 1:] = 0.0
+            else:
+                torch.mul(grad_delay, plan.inv_env, out=inner[:, 1:])
+        grad_frames = padded.unfold(-1, n_fft, hop).permute(0, 2, 3, 1, 4)  # [B, 2, M, n_bus, n_fft] view
+        # Adjoint of irfft: rfft / n_fft, bins other than DC and Nyquist counted twice (they stand for two).
+        window = plan.window * (2.0 / n_fft)
+        decay_next = F.pad(decay[:, 1:], (0, 1))  # g[m + 1], zero past the end
+
+        specs = (spec_a, spec_b)
+        grad_specs = [torch.zeros_like(x) if ctx.needs_input_grad[i] else None for i, x in enumerate(specs)]
+        grad_masks, grad_mix = torch.zeros_like(masks), torch.zeros_like(mix)
+        grad_ret, grad_decay = torch.zeros_like(ret), torch.zeros_like(decay)
+        lam = spec_a.new_zeros(b, 2, k)  # reverb adjoint at the frame after the block
+        for c in reversed(range(len(plan.blocks))):
+            blk = _Block(c, plan, mix)
+            m0, m1, t = blk.m0, blk.m1, blk.t
+            chan = store[b * 2 * m0 * 4 * k:][:b * 2 * t * 4 * k].view(b, 2, t, 2, 2 * k)
+            send = blk.send(chan, plan)
+            states = _reverb_states(send, decay, carries[c], m0)  # [t + 1, B, 2, K]
+
+            g_buses = torch.fft.rfft(torch.mul(grad_frames[:, :, m0:m1], window))  # [B, 2, t, n_bus, K]
+            g_buses[..., 0] *= 0.5
+            g_buses[..., -1] *= 0.5
+            # reverb: wet = ret P d with d[m] = g[m] d[m-1] + s[m-1]; lam = dL/dd runs backwards in time
+            lams = spec_a.new_empty(t + 1, b, 2, k)  # lam[m0 .. m1], first dL/d(ret d)
+            torch.mul(g_buses[..., 0, :].permute(2, 0, 1, 3), plan.phase_conj[:, m0:m1].transpose(0, 1)[:, None],
+                      out=lams[:t])
+            grad_ret[:, m0:m1] = _frame_dot(states[1:], lams[:t])
+            torch.view_as_real(lams[:t]).mul_(ret[:, m0:m1].T[..., None, None, None])
+            lams[t] = lam
+            g = decay_next[:, m0:m1].T.to(lams.dtype)[..., None, None]
+            for r in reversed(range(t)):
+                lams[r].addcmul_(lams[r + 1], g[r])
+            lam = lams[0]
+            grad_decay[:, m0:m1] = _frame_dot(states[:t], lams[:t])
+            # s[m] feeds d[m + 1]: dL/d(sum_t mix[-1] C_t) = lowcut P lam[m + 1]
+            g_send = torch.mul(lams[1:].permute(1, 2, 0, 3), plan.phase[:, m0:m1])  # [B, 2, t, K]
+            g_send_rows = _real(g_send).mul_(plan.lowcut).flatten(0, 2)[:, None]  # [B 2 t, 1, 2K]
+
+            # mixing: buses = mix @ C (delay buses low cut after), send likewise
+            g_bus_rows = _real(g_buses).flatten(0, 2)  # [B 2 t, n_bus, 2K]
+            g_bus_rows[:, 1:] *= plan.lowcut
+            rows = chan.flatten(0, 2)  # [B 2 t, 2 tracks, 2K]
+            grad_mix[:, m0:m1, :, :n_bus] = torch.bmm(rows, g_bus_rows.transpose(1, 2)).view(b, 2, t, 2, n_bus).sum(1)
+            grad_mix[:, m0:m1, :, -1:] = torch.bmm(rows, g_send_rows.transpose(1, 2)).view(b, 2, t, 2, 1).sum(1)
+            g_chan = torch.bmm(blk.mix[..., :n_bus], g_bus_rows).baddbmm_(blk.mix[..., -1:], g_send_rows)
+            g_chan = g_chan.view(b, 2, t, 2, 2 * k)
+
+            # masks: Re sum_ch conj(X) dC, interleaved (the pair sum happens outside, at the control rate)
+            g_mask = masks.new_empty(b, 2, masks.shape[2], t, 2 * k)
+            for tr, spec in enumerate(specs):
+                x = _real(spec[:, :, :, m0:m1])  # [B, 4, 2, t, 2K]
+                torch.mul(x[:, :, 0], g_chan[:, None, 0, :, tr], out=g_mask[:, tr])
+                g_mask[:, tr].addcmul_(x[:, :, 1], g_chan[:, None, 1, :, tr])
+            if any(g is not None for g in grad_specs):
+                mask = blk.masks(masks, plan)
+                for tr, g_spec in enumerate(grad_specs):
+                    if g_spec is not None:
+                        torch.mul(g_chan[:, None, :, :, tr], mask[:, tr, :, None], out=_real(g_spec[:, :, :, m0:m1]))
+            if plan.interp is None:
+                grad_masks[..., m0:m1, :] = g_mask
+            else:
+                grad_masks[..., blk.lo:blk.hi, :] += torch.matmul(plan.interp[blk.lo:blk.hi, m0:m1], g_mask)
+        return grad_specs[0], grad_specs[1], grad_masks, grad_mix, grad_ret, grad_decay, None
