@@ -247,7 +247,7 @@ def _naive_mix_core(spec_a, spec_b, masks, mix, ret, decay, interp, lowcut, phas
 @pytest.mark.parametrize("n_frames, delay", [(4, True), (40, False)])  # interpolated masks; masks per frame
 def test_mix_core_gradients_match_autograd(n_frames, delay):
     """The hand-written backward of the mixer's spectral core equals autograd through the plain formula."""
-    from effects.mixer import _inverse_envelope, _interp_matrix, _mask_rows, _MixCore, _Plan
+    from effects.mixer import _interp_matrix, _inverse_envelope, _mask_rows, _MixCore, _Plan
 
     torch.manual_seed(0)
     b, n_fft, hop, n = 2, 64, 16, 16 * 24 + 5
