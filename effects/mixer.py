@@ -154,10 +154,10 @@ class DifferentiableDJMixer(nn.Module):
             inv_env=_inverse_envelope(self.window, cfg.hop_length, n_stft, n),
             hop=cfg.hop_length,
         )
-        specs = self._stft(stems_a.float()), self._stft(stems_b.float())
         # Masks interleaved [..., 2K] like the (re, im) pairs of the spectra: real views then multiply at full speed.
-        masks = masks.unsqueeze(-1).expand(*masks.shape, 2).flatten(-2)
-        out, delay_sends = _MixCore.apply(*specs, masks, mix, col["reverb_return"], torch.exp(log_g), plan)
+        masks = torch.stack([masks, masks], dim=-1).flatten(-2)  # (its backward: one strided add)
+        out, delay_sends = _MixCore.apply(stems_a.float(), stems_b.float(), masks, mix, col["reverb_return"],
+                                          torch.exp(log_g), plan)
 
         per_sample = _to_samples(phys[..., self._sample_cols].transpose(1, 2), n)  # [B, 3, N]: master dB, fb a, fb b
         if with_delay:
@@ -206,13 +206,6 @@ class DifferentiableDJMixer(nn.Module):
         return values
 
     # -- STFT plumbing ---------------------------------------------------------------------------
-    def _stft(self, audio: torch.Tensor) -> torch.Tensor:
-        """[..., N] -> [..., M, K] complex (frames, bins)."""
-        cfg = self.config
-        flat = audio.reshape(-1, audio.shape[-1])
-        spec = torch.stft(flat, cfg.n_fft, cfg.hop_length, window=self.window, center=True, return_complex=True)
-        return spec.transpose(-1, -2).reshape(*audio.shape[:-1], spec.shape[-1], spec.shape[-2])
-
     # -- time interpolation ----------------------------------------------------------------------
     @staticmethod
     def _positions(n_frames: int, n_out: int, step: float, n_samples: int, device) -> tuple[torch.Tensor, ...]:
@@ -260,11 +253,8 @@ class DifferentiableDJMixer(nn.Module):
     def _delays(self, sends: torch.Tensor, feedback: torch.Tensor, bpms: list[float]) -> torch.Tensor:
         """Per item and track delay lines: sends [B, 2 tracks, 2 ch, N], feedback [B, 2, N] -> [B, 2, N]."""
         cfg = self.config
-        outs = []
-        for b, bpm in enumerate(bpms):
-            delay = max(1, round(cfg.delay_beats * 60.0 / bpm * cfg.sample_rate))
-            outs.append(sum(_delay_line(sends[b, t], feedback[b, t], delay) for t in range(len(TRACKS))))
-        return torch.stack(outs)
+        delays = tuple(max(1, round(cfg.delay_beats * 60.0 / bpm * cfg.sample_rate)) for bpm in bpms)
+        return _DelayLines.apply(sends, feedback, delays)
 
     # -- reverb ----------------------------------------------------------------------------------
     def _phase(self, n_frames: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,18 +293,44 @@ def _lerp_rows(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, w: torc
     return torch.lerp(x.index_select(-2, left), x.index_select(-2, right), w)
 
 
-def _delay_line(x: torch.Tensor, feedback: torch.Tensor, delay: int) -> torch.Tensor:
-    """Feedback delay y[n] = x[n - D] + fb[n] y[n - D] of x [C, N] with fb [N], evaluated D samples at a time."""
-    c, n = x.shape
-    blocks = -(-n // delay)
-    pad = blocks * delay - n
-    # unbind once: indexing inside the loop would cost a full-size gradient buffer per step.
-    xb = torch.cat([x, x.new_zeros(c, pad)], dim=-1).view(c, blocks, delay).unbind(1)
-    fb = torch.cat([feedback, feedback.new_zeros(pad)]).view(blocks, delay).unbind(0)
-    out = [x.new_zeros(c, delay)]
-    for j in range(1, blocks):
-        out.append(xb[j - 1] + fb[j] * out[-1])
-    return torch.cat(out, dim=-1)[:, :n]
+class _DelayLines(torch.autograd.Function):
+    """Feedback delays y[n] = x[n - D] + fb[n] y[n - D], summed over tracks: x [B, T, C, N], fb [B, T, N],
+    D per item -> [B, C, N].
+
+    Evaluated D samples at a time, in place (one small op per repeat, below the threading grain); backward
+    runs the same recursion in reverse: lam[n] = g[n] + fb[n + D] lam[n + D], dx[n] = lam[n + D] and
+    dfb[n] = sum_c lam[n] y[n - D].
+    """
+
+    @staticmethod
+    def forward(ctx, x, feedback, delays: tuple[int, ...]):
+        y = x.new_zeros(x.shape)
+        for b, d in enumerate(delays):
+            for t in range(x.shape[1]):
+                xs, ys, fb = x[b, t], y[b, t], feedback[b, t]
+                for j in range(d, x.shape[-1], d):
+                    e = min(j + d, x.shape[-1])
+                    torch.addcmul(xs[:, j - d:e - d], fb[j:e], ys[:, j - d:e - d], out=ys[:, j:e])
+        ctx.save_for_backward(feedback, y)
+        ctx.delays = delays
+        return y.sum(1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        feedback, y = ctx.saved_tensors
+        lam = grad[:, None].expand(y.shape).clone()  # [B, T, C, N]
+        grad_x, grad_fb = torch.zeros_like(y), torch.zeros_like(feedback)
+        for b, d in enumerate(ctx.delays):
+            for t in range(y.shape[1]):
+                ls, fb = lam[b, t], feedback[b, t]
+                for j in reversed(range(d, y.shape[-1], d)):
+                    e = min(j + d, y.shape[-1])
+                    ls[:, j - d:e - d].addcmul_(fb[j:e], ls[:, j:e])
+            n = y.shape[-1]
+            if d < n:
+                grad_x[b, :, :, :n - d] = lam[b, :, :, d:]
+                grad_fb[b, :, d:] = (lam[b, :, :, d:] * y[b, :, :, :n - d]).sum(1)
+        return grad_x, grad_fb, None
 
 
 # -- the spectral core ---------------------------------------------------------------------------
@@ -345,10 +361,8 @@ def _block_frames(batch: int, n_bins: int, n_frames: int) -> int:
 
 def _interp_matrix(left: torch.Tensor, right: torch.Tensor, w: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Linear interpolation of n_rows control rows onto the frames as a matrix [n_rows, M] (two taps per column)."""
-    cols = torch.arange(left.shape[0], device=left.device)
-    mat = w.new_zeros(n_rows, left.shape[0])
-    mat.index_put_((left, cols), 1.0 - w[:, 0], accumulate=True)
-    return mat.index_put_((right, cols), w[:, 0], accumulate=True)
+    rows = torch.arange(n_rows, device=left.device)[:, None]
+    return (rows == left) * (1.0 - w[:, 0]) + (rows == right) * w[:, 0]
 
 
 def _mask_rows(blocks, n_rows: int, hop: int, n: int) -> tuple[tuple[int, int], ...]:
@@ -378,9 +392,37 @@ def _real(x: torch.Tensor) -> torch.Tensor:
 
 
 def _frame_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Re sum_{c, k} conj(x) y of contiguous complex [t, B, C, K] pairs -> [B, t] (one bmm)."""
-    t, b = x.shape[:2]
-    return torch.bmm(_real(x).view(t * b, 1, -1), _real(y).view(t * b, -1, 1)).view(t, b).T
+    """Re sum_{c, k} conj(x) y of contiguous complex [t, B, C, K] pairs -> [B, t]."""
+    return torch.linalg.vecdot(_real(x).flatten(2), _real(y).flatten(2)).T
+
+
+class _Frames:
+    """Windowed frames of torch.stft(center=True) (reflect padding) for any frame range, read straight from
+    the signal [..., N]: only the few frames that overhang an end come from small padded copies."""
+
+    def __init__(self, audio: torch.Tensor, window: torch.Tensor, hop: int):
+        n_fft, n = window.shape[0], audio.shape[-1]
+        half = n_fft // 2
+        self.window, self.hop = window, hop
+        self.first = -(-half // hop)  # frames before this one start before the signal
+        self.stop = (n - half) // hop + 1  # frames from this one on end after it
+
+        def padded(x, pad):
+            return F.pad(x.reshape(1, -1, x.shape[-1]), pad, mode="reflect").view(*x.shape[:-1], -1)
+
+        self.head = padded(audio[..., :n_fft], (half, 0)).unfold(-1, n_fft, hop)
+        self.inner = audio[..., self.first * hop - half:].unfold(-1, n_fft, hop)
+        self.tail = padded(audio[..., n - n_fft:], (0, half))[..., self.stop * hop + half - n:].unfold(-1, n_fft, hop)
+
+    def __call__(self, m0: int, m1: int) -> torch.Tensor:
+        """Windowed frames [..., m1 - m0, n_fft] of STFT frames m0 .. m1 - 1."""
+        out = self.inner.new_empty(*self.inner.shape[:-2], m1 - m0, self.window.shape[0])
+        for source, start, stop in ((self.head, 0, self.first), (self.inner, self.first, self.stop),
+                                    (self.tail, self.stop, m1)):
+            lo, hi = max(m0, start), min(m1, stop)
+            if lo < hi:
+                torch.mul(source[..., lo - start:hi - start, :], self.window, out=out[..., lo - m0:hi - m0, :])
+        return out
 
 
 class _Block:
@@ -405,11 +447,15 @@ class _Block:
             return masks[..., self.m0:self.m1, :]
         return torch.matmul(plan.interp[self.lo:self.hi, self.m0:self.m1].T, masks[..., self.lo:self.hi, :])
 
-    def channels(self, specs, mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """chan[b, c, m, t] = sum_s mask_ts X_ts (real views, all operands contiguous in the bins)."""
-        for t, spec in enumerate(specs):
-            x = _real(spec[:, :, :, self.m0:self.m1])  # [B, 4, 2, t, 2K]
-            w = mask[:, t, :, None]  # [B, 4, 1, t, 2K]
+    def channels(self, analysis: tuple[_Frames, _Frames], mask: torch.Tensor, out: torch.Tensor,
+                 keep: list | None = None) -> torch.Tensor:
+        """chan[b, c, m, t] = sum_s mask_ts X_ts (real views, all operands contiguous in the bins). The stem
+        spectra X_t [B, 4, 2, t, K] (complex) are appended to keep when given (for backward)."""
+        for t, frames in enumerate(analysis):
+            spec = torch.fft.rfft(frames(self.m0, self.m1))  # (rfft(out=...) would copy)
+            if keep is not None:
+                keep.append(spec)
+            x, w = _real(spec), mask[:, t, :, None]  # [B, 4, 2, t, 2K], [B, 4, 1, t, 2K]
             torch.mul(x[:, 0], w[:, 0], out=out[..., t, :])
             for s in range(1, x.shape[1]):
                 out[..., t, :].addcmul_(x[:, s], w[:, s])
@@ -431,52 +477,55 @@ def _reverb_states(send: torch.Tensor, decay: torch.Tensor, carry: torch.Tensor,
     b, c, t, k = send.shape
     states = send.new_empty(t + 1, b, c, k)
     states[0] = carry[0]
-    g = decay[:, m0:m0 + t].T.to(send.dtype)[..., None, None]  # [t, B, 1, 1], complex: no per-step casts
-    torch.addcmul(carry[1], states[0], g[0], out=states[1])
-    for r in range(1, t):
-        torch.addcmul(send[:, :, r - 1], states[r], g[r], out=states[r + 1])
+    g = decay[:, m0:m0 + t].T.to(send.dtype)[..., None, None].unbind(0)  # [B, 1, 1] each, complex: no casts
+    rows, inputs = states.unbind(0), (carry[1], *send.unbind(2))  # unbind once: no per-step indexing
+    for r in range(t):
+        torch.addcmul(inputs[r], rows[r], g[r], out=rows[r + 1])
     return states
 
 
 class _MixCore(torch.autograd.Function):
-    """Stem spectra, control-rate masks and per-frame mixing weights -> dry + reverb [B, 2, N] and the two
-    delay sends [B, 2 tracks, 2, N] (or [B, 0, 2, N] without delay), in the time domain.
+    """Stems -> dry + reverb [B, 2, N] and the two delay sends [B, 2 tracks, 2, N] (or [B, 0, 2, N] without
+    delay), in the time domain.
 
-    Per frame m and channel, with the track channels C_t = sum_s mask_ts X_ts:
+    Per STFT frame m and channel, with the track channels C_t = sum_s mask_ts X_ts (X: stem spectra):
         bus_j = sum_t mix[m, t, j] C_t                         j < n_bus (dry, then the delay sends)
         s[m]  = conj(P[m]) lowcut sum_t mix[m, t, -1] C_t      reverb drive (norm and send folded into mix)
         d[m]  = decay[m] d[m - 1] + s[m - 1]                   reverb state
         bus_0 += ret[m] P[m] d[m];  bus_j *= lowcut (j >= 1)
     then the ISTFT of every bus.
 
-    Frames are processed in blocks (_block_frames): masks interpolated, stems summed, mixed (a bmm over
-    frames), the reverb recursion run, buses synthesised and overlap-added, so nothing full-size exists
-    besides the stem spectra, the channels kept for backward and the output. Backward runs the blocks in
-    reverse with the exact adjoints (the ISTFT's is an rFFT of the windowed gradient frames), recomputing
-    the reverb states from the state saved at each block start.
+    Frames are processed in blocks (_block_frames): the stems' STFT, mask interpolation, stem sums, mixing
+    (a bmm over frames), the reverb recursion, synthesis and overlap-add, so that nothing full-size exists
+    besides the output (and, when a gradient is needed, the stem spectra and channels kept for backward).
+    Backward runs the blocks in reverse with the exact adjoints (the ISTFT's is an rFFT of the windowed
+    gradient frames), recomputing the reverb states from the state saved at each block start.
 
-    spec_a, spec_b [B, 4, 2, M, K] complex; masks [B, 2, 4, Fm, 2K] (interleaved); mix [B, M, 2, n_bus + 1];
+    stems_a, stems_b [B, 4, 2, N]; masks [B, 2, 4, Fm, 2K] (interleaved); mix [B, M, 2, n_bus + 1];
     ret, decay [B, M].
     """
 
     @staticmethod
-    def forward(ctx, spec_a, spec_b, masks, mix, ret, decay, plan: _Plan):
-        b, _, _, m, k = spec_a.shape
+    def forward(ctx, stems_a, stems_b, masks, mix, ret, decay, plan: _Plan):
+        b, m, k = stems_a.shape[0], plan.blocks[-1][1], plan.window.shape[0] // 2 + 1
         n_bus, hop, n_fft = mix.shape[-1] - 1, plan.hop, plan.window.shape[0]
         overlap = n_fft // hop
         window = plan.window.view(overlap, hop)
+        analysis = _Frames(stems_a, plan.window, hop), _Frames(stems_b, plan.window, hop)
         keep = any(ctx.needs_input_grad)
-        # channels of every block, kept for backward (block-major, so that each block is contiguous)
+        # Kept for backward: the stem spectra per block and track, and the channels (block-major: each block
+        # is contiguous).
+        specs = [] if keep else None
         store = masks.new_empty(b * 2 * m * 2 * 2 * k) if keep else None
         acc = masks.new_zeros(b, n_bus, 2, m + overlap - 1, hop)  # overlap-add, one row per hop
-        carry = spec_a.new_zeros(2, b, 2, k)  # reverb (d, s) of the frame before the block
-        carries = spec_a.new_empty(len(plan.blocks), 2, b, 2, k)
+        carry = masks.new_zeros(2, b, 2, k, dtype=torch.complex64)  # reverb (d, s) of the frame before the block
+        carries = masks.new_empty(len(plan.blocks), 2, b, 2, k, dtype=torch.complex64)
         for c in range(len(plan.blocks)):
             blk = _Block(c, plan, mix)
             m0, m1, t = blk.m0, blk.m1, blk.t
             shape = (b, 2, t, 2, 2 * k)
             out = store[b * 2 * m0 * 4 * k:][:b * 2 * t * 4 * k].view(shape) if keep else masks.new_empty(shape)
-            chan = blk.channels((spec_a, spec_b), blk.masks(masks, plan), out)
+            chan = blk.channels(analysis, blk.masks(masks, plan), out, specs)
             buses = torch.bmm(blk.mix[..., :n_bus].transpose(1, 2), chan.flatten(0, 2))  # [B 2 t, n_bus, 2K]
             buses[:, 1:] *= plan.lowcut
             buses = torch.view_as_complex(buses.view(b, 2, t, n_bus, k, 2))
@@ -489,16 +538,16 @@ class _MixCore(torch.autograd.Function):
             frames = torch.fft.irfft(buses, n=n_fft).permute(0, 3, 1, 2, 4).unflatten(-1, (overlap, hop))
             for j in range(overlap):  # frames [B, n_bus, 2, t, R, hop]
                 acc[..., m0 + j:m1 + j, :].addcmul_(frames[..., j, :], window[j])
-        ctx.save_for_backward(spec_a, spec_b, masks, mix, ret, decay, carries, store)
+        ctx.save_for_backward(stems_a, stems_b, masks, mix, ret, decay, carries, store, *(specs or ()))
         ctx.plan = plan
         y = acc.flatten(-2)[..., n_fft // 2:][..., :plan.inv_env.shape[0]].mul_(plan.inv_env)
         return y[:, 0], y[:, 1:]
 
     @staticmethod
     def backward(ctx, grad_out, grad_delay):
-        spec_a, spec_b, masks, mix, ret, decay, carries, store = ctx.saved_tensors
+        stems_a, stems_b, masks, mix, ret, decay, carries, store, *specs = ctx.saved_tensors
         plan = ctx.plan
-        b, _, _, m, k = spec_a.shape
+        b, m, k = stems_a.shape[0], plan.blocks[-1][1], plan.window.shape[0] // 2 + 1
         n_bus, hop, n_fft = mix.shape[-1] - 1, plan.hop, plan.window.shape[0]
         overlap, n = n_fft // hop, plan.inv_env.shape[0]
         # Adjoint of trim + normalisation + overlap-add: the frames of the normalised, zero-padded gradient.
@@ -517,15 +566,17 @@ class _MixCore(torch.autograd.Function):
         window = plan.window * (2.0 / n_fft)
         decay_next = F.pad(decay[:, 1:], (0, 1))  # g[m + 1], zero past the end
 
-        specs = (spec_a, spec_b)
-        grad_specs = [torch.zeros_like(x) if ctx.needs_input_grad[i] else None for i, x in enumerate(specs)]
+        # stem spectra gradients [B, 4, 2, M, K] when the audio needs one (through torch.stft's autograd below)
+        grad_specs = [stems_a.new_zeros(b, 4, 2, m, k, dtype=torch.complex64) if ctx.needs_input_grad[i] else None
+                      for i in range(2)]
         grad_masks, grad_mix = torch.zeros_like(masks), torch.zeros_like(mix)
         grad_ret, grad_decay = torch.zeros_like(ret), torch.zeros_like(decay)
-        lam = spec_a.new_zeros(b, 2, k)  # reverb adjoint at the frame after the block
+        lam = carries.new_zeros(b, 2, k)  # reverb adjoint at the frame after the block
         for c in reversed(range(len(plan.blocks))):
             blk = _Block(c, plan, mix)
             m0, m1, t = blk.m0, blk.m1, blk.t
             chan = store[b * 2 * m0 * 4 * k:][:b * 2 * t * 4 * k].view(b, 2, t, 2, 2 * k)
+            spec = specs[2 * c:2 * c + 2]  # [B, 4, 2, t, K] per track
             send = blk.send(chan, plan)
             states = _reverb_states(send, decay, carries[c], m0)  # [t + 1, B, 2, K]
 
@@ -533,19 +584,19 @@ class _MixCore(torch.autograd.Function):
             g_buses[..., 0] *= 0.5
             g_buses[..., -1] *= 0.5
             # reverb: wet = ret P d with d[m] = g[m] d[m-1] + s[m-1]; lam = dL/dd runs backwards in time
-            lams = spec_a.new_empty(t + 1, b, 2, k)  # lam[m0 .. m1], first dL/d(ret d)
+            lams = carries.new_empty(t + 1, b, 2, k)  # lam[m0 .. m1], first dL/d(ret d)
             torch.mul(g_buses[..., 0, :].permute(2, 0, 1, 3), plan.phase_conj[:, m0:m1].transpose(0, 1)[:, None],
                       out=lams[:t])
             grad_ret[:, m0:m1] = _frame_dot(states[1:], lams[:t])
             torch.view_as_real(lams[:t]).mul_(ret[:, m0:m1].T[..., None, None, None])
             lams[t] = lam
-            g = decay_next[:, m0:m1].T.to(lams.dtype)[..., None, None]
+            g, rows = decay_next[:, m0:m1].T.to(lams.dtype)[..., None, None].unbind(0), lams.unbind(0)
             for r in reversed(range(t)):
-                lams[r].addcmul_(lams[r + 1], g[r])
+                rows[r].addcmul_(rows[r + 1], g[r])
             lam = lams[0]
             grad_decay[:, m0:m1] = _frame_dot(states[:t], lams[:t])
             # s[m] feeds d[m + 1]: dL/d(sum_t mix[-1] C_t) = lowcut P lam[m + 1]
-            g_send = torch.mul(lams[1:].permute(1, 2, 0, 3), plan.phase[:, m0:m1])  # [B, 2, t, K]
+            g_send = torch.mul(lams[1:].permute(1, 2, 0, 3), plan.phase[:, m0:m1], out=torch.empty_like(send))
             g_send_rows = _real(g_send).mul_(plan.lowcut).flatten(0, 2)[:, None]  # [B 2 t, 1, 2K]
 
             # mixing: buses = mix @ C (delay buses low cut after), send likewise
@@ -559,8 +610,8 @@ class _MixCore(torch.autograd.Function):
 
             # masks: Re sum_ch conj(X) dC, interleaved (the pair sum happens outside, at the control rate)
             g_mask = masks.new_empty(b, 2, masks.shape[2], t, 2 * k)
-            for tr, spec in enumerate(specs):
-                x = _real(spec[:, :, :, m0:m1])  # [B, 4, 2, t, 2K]
+            for tr in range(2):
+                x = _real(spec[tr])  # [B, 4, 2, t, 2K]
                 torch.mul(x[:, :, 0], g_chan[:, None, 0, :, tr], out=g_mask[:, tr])
                 g_mask[:, tr].addcmul_(x[:, :, 1], g_chan[:, None, 1, :, tr])
             if any(g is not None for g in grad_specs):
@@ -572,4 +623,14 @@ class _MixCore(torch.autograd.Function):
                 grad_masks[..., m0:m1, :] = g_mask
             else:
                 grad_masks[..., blk.lo:blk.hi, :] += torch.matmul(plan.interp[blk.lo:blk.hi, m0:m1], g_mask)
-        return grad_specs[0], grad_specs[1], grad_masks, grad_mix, grad_ret, grad_decay, None
+        grad_stems = [None if g is None else _stft_backward(x, g, plan) for x, g in zip((stems_a, stems_b), grad_specs)]
+        return grad_stems[0], grad_stems[1], grad_masks, grad_mix, grad_ret, grad_decay, None
+
+
+def _stft_backward(audio: torch.Tensor, grad_spec: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """Gradient for audio [B, 4, 2, N] of its STFT (the one _Frames + rfft compute) given grad_spec [..., M, K]."""
+    with torch.enable_grad():
+        audio = audio.detach().requires_grad_(True)
+        spec = torch.stft(audio.reshape(-1, audio.shape[-1]), plan.window.shape[0], plan.hop, window=plan.window,
+                          center=True, return_complex=True)
+        return torch.autograd.grad(spec, audio, grad_spec.reshape(-1, *grad_spec.shape[-2:]).transpose(1, 2))[0]

@@ -224,8 +224,10 @@ def test_gradients_at_neutral(mixer):
     assert torch.isfinite(grad).all() and (grad > 0).all()
 
 
-def _naive_mix_core(spec_a, spec_b, masks, mix, ret, decay, interp, lowcut, phase, window, hop, n):
-    """_MixCore written plainly (full-size tensors, a Python loop for the reverb, torch.istft), for autograd."""
+def _naive_mix_core(stems_a, stems_b, masks, mix, ret, decay, interp, lowcut, phase, window, hop, n):
+    """_MixCore written plainly (full-size tensors, a Python loop for the reverb, torch.stft/istft), for autograd."""
+    spec_a, spec_b = (torch.stft(x.flatten(0, 2), len(window), hop, window=window, return_complex=True)
+                      .transpose(1, 2).unflatten(0, x.shape[:3]) for x in (stems_a, stems_b))  # [B, 4, 2, M, K]
     frame_masks = masks if interp is None else torch.einsum("fm,btsfk->btsmk", interp, masks)
     chans = [(frame_masks[:, t, :, None] * spec).sum(1) for t, spec in enumerate((spec_a, spec_b))]  # [B, 2, M, K]
 
@@ -252,7 +254,7 @@ def test_mix_core_gradients_match_autograd(n_frames, delay):
     torch.manual_seed(0)
     b, n_fft, hop, n = 2, 64, 16, 16 * 24 + 5
     m, k, n_dest = n // hop + 1, n_fft // 2 + 1, 4 if delay else 2
-    spec_a, spec_b = (torch.randn(b, 4, 2, m, k, dtype=torch.complex64, requires_grad=True) for _ in range(2))
+    stems_a, stems_b = (torch.randn(b, 4, 2, n, requires_grad=True) for _ in range(2))
     masks = torch.rand(b, 2, 4, min(n_frames, m), k, requires_grad=True)
     mix = torch.rand(b, m, 2, n_dest, requires_grad=True)
     ret, decay = torch.rand(b, m, requires_grad=True), torch.rand(b, m, requires_grad=True)
@@ -268,20 +270,44 @@ def test_mix_core_gradients_match_autograd(n_frames, delay):
         interp, rows = None, blocks
     plan = _Plan(blocks, interp, rows, lowcut.repeat_interleave(2), phase, phase.conj().resolve_conj(), window,
                  _inverse_envelope(window, hop, m, n), hop)
-    inputs = (spec_a, spec_b, masks, mix, ret, decay)
+    inputs = (stems_a, stems_b, masks, mix, ret, decay)
     weights = torch.randn(b, n_dest - 1, 2, n)
 
     def loss(outputs):
         return (torch.cat([outputs[0][:, None], outputs[1]], dim=1) * weights).sum()
 
     interleaved = masks.unsqueeze(-1).expand(*masks.shape, 2).flatten(-2)
-    ours = _MixCore.apply(spec_a, spec_b, interleaved, mix, ret, decay, plan)
+    ours = _MixCore.apply(stems_a, stems_b, interleaved, mix, ret, decay, plan)
     grads = torch.autograd.grad(loss(ours), inputs)
     reference = _naive_mix_core(*inputs, interp, lowcut, phase, window, hop, n)
     ref_grads = torch.autograd.grad((reference * weights).sum(), inputs)
     assert torch.allclose(torch.cat([ours[0][:, None], ours[1]], dim=1), reference, atol=1e-5)
-    for name, g, ref in zip(("spec_a", "spec_b", "masks", "mix", "ret", "decay"), grads, ref_grads):
+    for name, g, ref in zip(("stems_a", "stems_b", "masks", "mix", "ret", "decay"), grads, ref_grads):
         assert torch.allclose(g, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())), name
+
+
+@pytest.mark.parametrize("n, delays", [(1000, (70, 333)), (50, (64, 7))])  # D >= N, and a partial last repeat
+def test_delay_lines_gradients_match_autograd(n, delays):
+    """The hand-written backward of the delay lines equals autograd through the plain recursion."""
+    from effects.mixer import _DelayLines
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 2, n, requires_grad=True)
+    feedback = torch.rand(2, 2, n, requires_grad=True)
+    weights = torch.randn(2, 2, n)
+    ours = _DelayLines.apply(x, feedback, delays)
+    grads = torch.autograd.grad((ours * weights).sum(), (x, feedback))
+    reference = []
+    for b, d in enumerate(delays):
+        out = []
+        for i in range(n):  # y[i] = x[i - D] + fb[i] y[i - D]
+            out.append(x[b, :, :, i - d] + feedback[b, :, None, i] * out[i - d] if i >= d else torch.zeros(2, 2))
+        reference.append(torch.stack(out, dim=-1).sum(0))
+    reference = torch.stack(reference)
+    ref_grads = torch.autograd.grad((reference * weights).sum(), (x, feedback))
+    assert torch.allclose(ours, reference, atol=1e-5)
+    for g, ref in zip(grads, ref_grads):
+        assert torch.allclose(g, ref, atol=1e-5)
 
 
 # 5. invertible ----------------------------------------------------------------------------------------
