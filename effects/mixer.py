@@ -93,7 +93,7 @@ class DifferentiableDJMixer(nn.Module):
         stem_idx = [[[FULL.index(f"{t}.{s}.{c}") for c in STEM_CONTROLS] for s in STEMS] for t in TRACKS]
         self._stem_idx = torch.tensor(stem_idx)
         self._col = {name: FULL.index(name) for name in FULL.names if name.count(".") < 2}
-        self._sample_cols = [self._col[name] for name in ("master_gain", "a.delay_feedback", "b.delay_feedback")]
+        self._feedback_cols = [self._col[f"{t}.delay_feedback"] for t in TRACKS]
         self._phases: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- public entry ----------------------------------------------------------------------------
@@ -120,7 +120,8 @@ class DifferentiableDJMixer(nn.Module):
         # Masks stay at the control rate; _MixCore interpolates them block by block.
         masks, identity = self._stem_masks(model, phys, frames)  # [B, 2, 4, Fm, K]
         frame = _lerp_rows(phys, *frames)  # per-frame values [B, M, 58]
-        col = {name: frame[..., i] for name, i in self._col.items()}  # each [B, M]
+        columns = frame.unbind(-1)  # one backward node (a stack), not a zero-filled copy per column
+        col = {name: columns[i] for name, i in self._col.items()}  # each [B, M]
         with_delay = "delay_send" in {p.control for p in layout}
         if layout.crossfader_thru:
             fader = [torch.ones_like(col["crossfader"])] * 2
@@ -159,10 +160,11 @@ class DifferentiableDJMixer(nn.Module):
         out, delay_sends = _MixCore.apply(stems_a.float(), stems_b.float(), masks, mix, col["reverb_return"],
                                           torch.exp(log_g), plan)
 
-        per_sample = _to_samples(phys[..., self._sample_cols].transpose(1, 2), n)  # [B, 3, N]: master dB, fb a, fb b
+        curves = phys.transpose(1, 2)  # [B, 58, F]
         if with_delay:
-            out = out + self._delays(delay_sends, per_sample[:, 1:], bpms)
-        return out * torch.pow(10.0, per_sample[:, :1] / 20.0)
+            feedback = _to_samples(curves[:, self._feedback_cols], n)  # [B, 2, N]
+            out = out + self._delays(delay_sends, feedback, bpms)
+        return out * torch.pow(10.0, _to_samples(curves[:, self._col["master_gain"], None], n) / 20.0)
 
     # -- validation ------------------------------------------------------------------------------
     def _validate(self, stems_a, stems_b, curves, layout: ParamLayout) -> None:
@@ -304,8 +306,9 @@ class _DelayLines(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, feedback, delays: tuple[int, ...]):
-        y = x.new_zeros(x.shape)
+        y = x.new_empty(x.shape)
         for b, d in enumerate(delays):
+            y[b, ..., :d] = 0.0
             for t in range(x.shape[1]):
                 xs, ys, fb = x[b, t], y[b, t], feedback[b, t]
                 for j in range(d, x.shape[-1], d):
@@ -319,7 +322,7 @@ class _DelayLines(torch.autograd.Function):
     def backward(ctx, grad):
         feedback, y = ctx.saved_tensors
         lam = grad[:, None].expand(y.shape).clone()  # [B, T, C, N]
-        grad_x, grad_fb = torch.zeros_like(y), torch.zeros_like(feedback)
+        grad_x, grad_fb = torch.empty_like(y), torch.empty_like(feedback)
         for b, d in enumerate(ctx.delays):
             for t in range(y.shape[1]):
                 ls, fb = lam[b, t], feedback[b, t]
@@ -327,9 +330,12 @@ class _DelayLines(torch.autograd.Function):
                     e = min(j + d, y.shape[-1])
                     ls[:, j - d:e - d].addcmul_(fb[j:e], ls[:, j:e])
             n = y.shape[-1]
+            grad_x[b, ..., max(0, n - d):] = 0.0
+            grad_fb[b, :, :d] = 0.0
             if d < n:
-                grad_x[b, :, :, :n - d] = lam[b, :, :, d:]
-                grad_fb[b, :, d:] = (lam[b, :, :, d:] * y[b, :, :, :n - d]).sum(1)
+                grad_x[b, ..., :n - d] = lam[b, ..., d:]
+                torch.linalg.vecdot(lam[b, ..., d:].transpose(1, 2), y[b, ..., :n - d].transpose(1, 2),
+                                    out=grad_fb[b, :, d:])
         return grad_x, grad_fb, None
 
 
@@ -392,8 +398,9 @@ def _real(x: torch.Tensor) -> torch.Tensor:
 
 
 def _frame_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Re sum_{c, k} conj(x) y of contiguous complex [t, B, C, K] pairs -> [B, t]."""
-    return torch.linalg.vecdot(_real(x).flatten(2), _real(y).flatten(2)).T
+    """Re sum_{c, k} conj(x) y of contiguous complex [t, B, C, K] pairs -> [B, t] (one bmm)."""
+    t, b = x.shape[:2]
+    return torch.bmm(_real(x).view(t * b, 1, -1), _real(y).view(t * b, -1, 1)).view(t, b).T
 
 
 class _Frames:
@@ -591,7 +598,7 @@ class _MixCore(torch.autograd.Function):
             torch.view_as_real(lams[:t]).mul_(ret[:, m0:m1].T[..., None, None, None])
             lams[t] = lam
             g, rows = decay_next[:, m0:m1].T.to(lams.dtype)[..., None, None].unbind(0), lams.unbind(0)
-            for r in reversed(range(t)):
+            for r in reversed(range(t)):  # one small op per frame (below the threading grain)
                 rows[r].addcmul_(rows[r + 1], g[r])
             lam = lams[0]
             grad_decay[:, m0:m1] = _frame_dot(states[:t], lams[:t])
