@@ -126,7 +126,7 @@ def butterworth_pair(warped: torch.Tensor, hp_corner: torch.Tensor, lp_corner: t
     Both Butterworth responses of butterworth_highpass / butterworth_lowpass in one pass; an amount of 0
     is a bit-exact bypass (the factor is exactly 1).
     """
-    slope = torch.tensor([-2.0 * order, 2.0 * order], device=warped.device)  # high-pass, low-pass
+    slope = (torch.arange(2, device=warped.device) * 4.0 - 2.0) * order  # -2n (high-pass), 2n (low-pass)
     log_corner = torch.log(torch.cat([hp_corner, lp_corner], dim=-1))  # [..., 2]
     z = slope[:, None] * torch.log(warped) - (slope * log_corner)[..., None]  # [..., 2, K]
     amount = torch.cat([hp_amount, lp_amount], dim=-1)[..., None]

@@ -91,7 +91,10 @@ class DifferentiableDJMixer(nn.Module):
         self.register_buffer("send_lowcut", lowcut, persistent=False)
         # FULL-layout columns: stem controls as [track, stem, control], others by name.
         stem_idx = [[[FULL.index(f"{t}.{s}.{c}") for c in STEM_CONTROLS] for s in STEMS] for t in TRACKS]
-        self._stem_idx = torch.tensor(stem_idx)
+        self.register_buffer("stem_idx", torch.tensor(stem_idx), persistent=False)
+        # EQ corners, warped once (buffers move with the module: no host-to-device copy per call)
+        corners = torch.tensor([cfg.eq_low_hz, cfg.eq_mid_hz, cfg.eq_high_hz])
+        self.register_buffer("eq_corners", filters.warp(corners, cfg.sample_rate), persistent=False)
         self._col = {name: FULL.index(name) for name in FULL.names if name.count(".") < 2}
         self._feedback_cols = [self._col[f"{t}.delay_feedback"] for t in TRACKS]
         self._phases: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -236,14 +239,14 @@ class DifferentiableDJMixer(nn.Module):
         at_stft_rate = model.shape[1] > frames[0].shape[0]
         if at_stft_rate:  # denser curves than STFT frames: bring them down to the frame rate first
             model, phys = _lerp_rows(model, *frames), _lerp_rows(phys, *frames)
-        idx = self._stem_idx.to(model.device)
+        idx = self.stem_idx
         u = model[:, :, idx].permute(0, 2, 3, 4, 1)[..., None]  # [B, 2, 4, 6, Fc, 1]
         x = phys[:, :, idx].permute(0, 2, 3, 4, 1)[..., None]
         gain, eq_low, eq_mid, eq_high, hpf_hz, lpf_hz = x.unbind(dim=3)  # each [B, 2, 4, Fc, 1]
         w = self.warped  # [K]
         sr = cfg.sample_rate
-        corners = tuple(_warp_const(hz, sr, w) for hz in (cfg.eq_low_hz, cfg.eq_mid_hz, cfg.eq_high_hz))
-        mask = filters.three_band_eq(w, corners, (eq_low, eq_mid, eq_high), cfg.shelf_q, cfg.mid_q, scale=gain)
+        mask = filters.three_band_eq(w, self.eq_corners.unbind(), (eq_low, eq_mid, eq_high), cfg.shelf_q, cfg.mid_q,
+                                     scale=gain)
         # The open end of each filter fades from bit-exact bypass into the Butterworth response.
         hp_engage = (u[:, :, :, 4] / cfg.filter_engage).clamp(max=1.0)
         lp_engage = ((1.0 - u[:, :, :, 5]) / cfg.filter_engage).clamp(max=1.0)
@@ -274,10 +277,6 @@ class DifferentiableDJMixer(nn.Module):
             cached = phase, phase.conj().resolve_conj()
             self._phases[device] = cached
         return cached[0][:, :n_frames], cached[1][:, :n_frames]
-
-
-def _warp_const(freq_hz: float, sample_rate: int, like: torch.Tensor) -> torch.Tensor:
-    return filters.warp(torch.tensor(freq_hz, dtype=like.dtype, device=like.device), sample_rate)
 
 
 def _to_samples(curves: torch.Tensor, n: int) -> torch.Tensor:
@@ -484,8 +483,10 @@ def _reverb_states(send: torch.Tensor, decay: torch.Tensor, carry: torch.Tensor,
     b, c, t, k = send.shape
     states = send.new_empty(t + 1, b, c, k)
     states[0] = carry[0]
-    g = decay[:, m0:m0 + t].T.to(send.dtype)[..., None, None].unbind(0)  # [B, 1, 1] each, complex: no casts
-    rows, inputs = states.unbind(0), (carry[1], *send.unbind(2))  # unbind once: no per-step indexing
+    g = decay[:, m0:m0 + t, None, None, None].unbind(1)  # [B, 1, 1, 1] each; real views below (no casts)
+    # unbind once: no per-step indexing
+    rows = torch.view_as_real(states).unbind(0)
+    inputs = torch.view_as_real(carry[1]), *torch.view_as_real(send).unbind(2)
     for r in range(t):
         torch.addcmul(inputs[r], rows[r], g[r], out=rows[r + 1])
     return states
@@ -597,7 +598,7 @@ class _MixCore(torch.autograd.Function):
             grad_ret[:, m0:m1] = _frame_dot(states[1:], lams[:t])
             torch.view_as_real(lams[:t]).mul_(ret[:, m0:m1].T[..., None, None, None])
             lams[t] = lam
-            g, rows = decay_next[:, m0:m1].T.to(lams.dtype)[..., None, None].unbind(0), lams.unbind(0)
+            g, rows = decay_next[:, m0:m1, None, None, None].unbind(1), torch.view_as_real(lams).unbind(0)
             for r in reversed(range(t)):  # one small op per frame (below the threading grain)
                 rows[r].addcmul_(rows[r + 1], g[r])
             lam = lams[0]
