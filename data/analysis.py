@@ -195,15 +195,14 @@ def analyze_track(
     grid = _tempo_and_beats(onsets, lo, hi, duration)
 
     # Harmony from the mix, or from the pitched stems (bass + vocals + other) when given.
+    # Its bass register (below C3) then holds the bass stem, clean of the kick.
     if stem_arrays is None:
         drum_onsets, chroma = None, _chroma(mix)
-        bass_chroma = chroma
     else:
         drum_onsets = _onset_features(mono(stem_arrays[STEMS.index("drums")]))
         chroma = _chroma(mono(stem_arrays.sum(0) - stem_arrays[STEMS.index("drums")]))
-        bass_chroma = _chroma(mono(stem_arrays[STEMS.index("bass")]))
     if grid.confidence > 0:
-        downbeats = _downbeats(grid.beats, onsets, drum_onsets, chroma, bass_chroma, grid.steady)
+        downbeats = _downbeats(grid.beats, onsets, drum_onsets, chroma, grid.steady)
     else:
         downbeats = grid.beats[::BEATS_PER_BAR]
 
@@ -965,24 +964,19 @@ STEADY_SWITCH_FACTOR = 4.0  # on a constant grid beats cannot slip; only a real 
 
 
 def _downbeats(
-    beats: np.ndarray,
-    on: _Onsets,
-    drum_on: _Onsets | None,
-    chroma: _Chroma,
-    bass_chroma: _Chroma,
-    steady: bool,
+    beats: np.ndarray, on: _Onsets, drum_on: _Onsets | None, chroma: _Chroma, steady: bool
 ) -> np.ndarray:
     """Downbeat times (a subset of `beats`): the bar phase that the audio supports.
 
     Args:
         beats: `[n]` beat times (s). on: onset features of the mix; drum_on: of the drum stem.
-        chroma: harmonic chroma (mix or bass+other+vocals stems); bass_chroma: bass stem chroma.
+        chroma: harmonic chroma (of the mix, or of the bass + vocals + other stems).
         steady: the beats are one constant grid, so they never slip and the bar phase can
             only change where the meter really does: switching costs more.
     """
     if len(beats) < 2 * BEATS_PER_BAR:
         return beats[::BEATS_PER_BAR]
-    evidence = _downbeat_evidence(beats, on, drum_on, chroma, bass_chroma)
+    evidence = _downbeat_evidence(beats, on, drum_on, chroma)
     emission = np.zeros((len(beats), BEATS_PER_BAR))
     for name, values in evidence.items():
         emission += _zscore(values)[:, None] * np.asarray(_DOWNBEAT_TEMPLATES[name])[None]
@@ -990,7 +984,9 @@ def _downbeats(
     return beats[positions == 0]
 
 
-def _downbeat_evidence(beats, on, drum_on, chroma, bass_chroma) -> dict[str, np.ndarray]:
+def _downbeat_evidence(
+    beats: np.ndarray, on: _Onsets, drum_on: _Onsets | None, chroma: _Chroma
+) -> dict[str, np.ndarray]:
     """Per-beat features `[n_beats]` each, see `_DOWNBEAT_TEMPLATES`."""
     drums = drum_on if drum_on is not None else on
     frames = np.round(beats * on.fps).astype(np.int64)
@@ -999,8 +995,7 @@ def _downbeat_evidence(beats, on, drum_on, chroma, bass_chroma) -> dict[str, np.
     accent = _peak_near(on.mid, frames, radius=3)  # from the mix: crashes, stabs, new layers
 
     treble = _beat_sync(chroma.treble, beats, chroma.fps)  # [12, n]
-    bass_src = bass_chroma.bass if bass_chroma is chroma else bass_chroma.bass + bass_chroma.treble
-    bass = _beat_sync(bass_src, beats, bass_chroma.fps)
+    bass = _beat_sync(chroma.bass, beats, chroma.fps)
     timbre = _beat_sync(on.log_mel, beats, on.fps)  # [64, n]
     return {
         "harmony": _change(treble, width=2, metric="cosine"),
