@@ -144,8 +144,7 @@ class DifferentiableDJMixer(nn.Module):
         dests.append([send * norm_next for send in sends])
         mix = torch.stack([torch.stack([d[t] for d in dests], dim=-1) for t in range(2)], dim=-2)  # [B, M, 2, D]
 
-        block = _block_frames(batch, cfg.n_fft // 2 + 1, n_stft)
-        blocks = tuple((m0, min(m0 + block, n_stft)) for m0 in range(0, n_stft, block))
+        blocks = _blocks(n_stft, batch, cfg.n_fft // 2 + 1)
         phase, phase_conj = self._phase(n_stft, masks.device)
         plan = _Plan(
             blocks=blocks,
@@ -354,14 +353,22 @@ class _Plan:
     hop: int
 
 
-def _block_frames(batch: int, n_bins: int, n_frames: int) -> int:
-    """Frames per block: the largest per-block temporary ([B, 4, 2, t, K] complex) stays under 24 MiB.
+_BLOCK_BYTES = 32 << 20  # glibc's largest reusable chunk (bigger ones are mapped and page-faulted per call)
 
-    Blocks keep every intermediate reusable (glibc hands freed chunks under 32 MiB back for reuse; larger
-    ones return to the OS and cost page faults on every call), while being large enough that per-op
-    overhead (thread wake-ups, kernel launches) stays small.
+
+def _blocks(n_frames: int, batch: int, n_bins: int) -> tuple[tuple[int, int], ...]:
+    """Frame ranges [m0, m1) of (nearly) equal length whose largest temporary ([B, 4, 2, t, K] complex)
+    stays within _BLOCK_BYTES.
+
+    Blocks keep every intermediate reusable (freed chunks up to 32 MiB are handed back for reuse; larger
+    ones return to the OS and cost page faults on every call), while being as large as that allows, so
+    that per-op overhead (thread wake-ups, which cost milliseconds on a busy machine; kernel launches)
+    stays small; equal lengths let every block reuse the previous block's memory.
     """
-    return max(8, min(n_frames, (24 << 20) // (batch * 64 * n_bins)))
+    longest = max(8, (_BLOCK_BYTES - 4096) // (batch * 64 * n_bins))
+    count = -(-n_frames // longest)
+    edges = [round(i * n_frames / count) for i in range(count + 1)]
+    return tuple(zip(edges[:-1], edges[1:]))
 
 
 def _interp_matrix(left: torch.Tensor, right: torch.Tensor, w: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -503,7 +510,7 @@ class _MixCore(torch.autograd.Function):
         bus_0 += ret[m] P[m] d[m];  bus_j *= lowcut (j >= 1)
     then the ISTFT of every bus.
 
-    Frames are processed in blocks (_block_frames): the stems' STFT, mask interpolation, stem sums, mixing
+    Frames are processed in blocks (_blocks): the stems' STFT, mask interpolation, stem sums, mixing
     (a bmm over frames), the reverb recursion, synthesis and overlap-add, so that nothing full-size exists
     besides the output (and, when a gradient is needed, the stem spectra and channels kept for backward).
     Backward runs the blocks in reverse with the exact adjoints (the ISTFT's is an rFFT of the windowed
