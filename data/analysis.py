@@ -560,10 +560,13 @@ def _spectral_period(env: np.ndarray, fps: float, bpm: float) -> float:
     return 1.0 / (f0 * rel[int(np.argmax(spectrum))])
 
 
-# Canonical drum patterns for the grid phase: (beat in the bar, band, weight); each sums to 3.
+# Canonical drum patterns for the grid phase: (beat in the bar, band, weight). The four-hit
+# patterns sum to 3; the two-hit half-time pattern (kick on 1, snare on 3: dubstep, trap) to
+# 2.5, because two stray syncopated hits line up with a two-hit pattern far more easily.
 _RHYTHM_TEMPLATES = {
     "backbeat": ((0, "kick", 1.0), (2, "kick", 0.5), (1, "snare", 0.75), (3, "snare", 0.75)),
     "four_on_the_floor": ((0, "kick", 0.75), (1, "kick", 0.75), (2, "kick", 0.75), (3, "kick", 0.75)),
+    "half_time": ((0, "kick", 1.25), (2, "snare", 1.25)),
 }
 
 
@@ -572,11 +575,9 @@ def _grid_phase(on: _Onsets, period: float) -> float:
 
     The kick (total energy below 150 Hz) and snare (above 2.5 kHz) onsets are folded over one
     bar and matched, at every shift, with the canonical patterns of popular rhythm
-    (`_RHYTHM_TEMPLATES`: backbeat, four-on-the-floor); the shift with the best match of
-    either gives the phase within the beat (half-time patterns, with the snare on 3, still
-    put kick and snare on beats). Off-beat hats, stabs, basslines and syncopated percussion,
-    which a plain onset sum can prefer, fit neither. A sparse two-hit half-time template was
-    tried and matched stray syncopated hits.
+    (`_RHYTHM_TEMPLATES`: backbeat, four-on-the-floor, half-time); the shift with the best
+    match of any gives the phase within the beat. Off-beat hats, stabs, basslines and
+    syncopated percussion, which a plain onset sum can prefer, fit none of them.
     """
     fps = on.fps
     bar = BEATS_PER_BAR * period
