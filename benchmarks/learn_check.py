@@ -10,7 +10,11 @@ Steps:
 2. training: train.py main(argv), nothing else (the EMA weights of OUTPUT/last.pt are what is measured).
 3. measures on the held-out pairs (model space [0, 1], MSE over valid frames and all parameters):
    - mean curve: the per-frame, per-parameter mean of the TRAIN curves, the best input-independent
-     prediction under MSE. Its error is the baseline of every ratio.
+     prediction under MSE. Its error is the baseline of every ratio. The mean curve of the pair's
+     recipe (style label) is reported too: the best prediction from the style label alone, without audio.
+   - "+ style" rows give the model the pair's recipe label (its optional style conditioning). The teacher
+     draws the recipe at random, so without the label E[curves | A, B] is a mixture over recipes; with it,
+     what remains to learn is where in the clip each move lands, which the audio decides.
    - x0 at pure noise (t = T-1): the network's one-shot estimate of E[curves | A, B], conditioned and with the
      NULL conditioning (the same network made input-independent). This is the fair "learns from input"
      metric: a regression target, directly comparable to the mean curve.
@@ -173,8 +177,8 @@ def rule_measures(curves: np.ndarray, contexts: list[T.TransitionContext]) -> di
 
 
 @torch.no_grad()
-def x0_prediction(model, batch: dict, t: int, seed: int, null: bool) -> torch.Tensor:
-    """Clean-curve estimate [B, F, P] in [0, 1] from x_t of the teacher curves at timestep t."""
+def x0_prediction(model, batch: dict, t: int, seed: int, null: bool, style: torch.Tensor | None = None) -> torch.Tensor:
+    """Clean-curve estimate [B, F, P] in [0, 1] from x_t of the teacher curves at timestep t (style [B] or None)."""
     gen = torch.Generator().manual_seed(seed)
     curves = batch["curves"]
     x0 = curves * 2 - 1
@@ -182,7 +186,7 @@ def x0_prediction(model, batch: dict, t: int, seed: int, null: bool) -> torch.Te
     tt = torch.full((x0.shape[0],), t, dtype=torch.long)
     x_t = model.schedule.add_noise(x0, noise, tt)
     drop = torch.full((x0.shape[0],), null, dtype=torch.bool)
-    cond = model.encoder(batch["feats_a"], batch["feats_b"], drop=drop)
+    cond = model.encoder(batch["feats_a"], batch["feats_b"], style=None if null else style, drop=drop)
     out = model.denoiser(x_t, tt, cond, batch["mask"])
     return ((model.schedule.predict_x0(x_t, out, tt).clamp(-1, 1) + 1) / 2)
 
@@ -190,6 +194,10 @@ def x0_prediction(model, batch: dict, t: int, seed: int, null: bool) -> torch.Te
 def measure(args: argparse.Namespace, model, train_items: list[dict], eval_items: list[dict]) -> dict:
     layout = model.layout
     mean_curve = torch.stack([i["curves"] for i in train_items]).mean(0)  # [F, P] over the TRAIN pairs
+    by_style: dict[int, list] = {}
+    for i in train_items:
+        by_style.setdefault(int(i["style"]), []).append(i["curves"])
+    style_mean = {k: torch.stack(v).mean(0) for k, v in by_style.items()}  # the style label alone, no audio
     contexts = [T.TransitionContext.from_dict(i["context"]) for i in eval_items]
     results: dict[str, dict] = {}
     teacher_all, mse_all = [], {}
@@ -207,12 +215,21 @@ def measure(args: argparse.Namespace, model, train_items: list[dict], eval_items
         target, mask, n = batch["curves"], batch["mask"], len(chunk)
         teacher_all.append(_full(target, layout))
         add("mean curve (train)", _mse(mean_curve.expand_as(target), target, mask), mean_curve.expand_as(target))
+        style = batch["style"]
+        per_style = torch.stack([style_mean.get(int(k), mean_curve) for k in style])
+        add("mean curve of the style (train)", _mse(per_style, target, mask), per_style)
         T_last = model.schedule.timesteps - 1
         for t, label in ((T_last, "pure noise"), (model.schedule.timesteps // 2, "t=T/2")):
             for null in (False, True):
                 pred = x0_prediction(model, batch, t, args.seed + start, null)
                 add(f"x0 @ {label}, {'NULL' if null else 'cond'}", _mse(pred, target, mask))
+            pred = x0_prediction(model, batch, t, args.seed + start, False, style)
+            add(f"x0 @ {label}, cond + style", _mse(pred, target, mask))
         fa, fb = batch["feats_a"], batch["feats_b"]
+        gen = torch.Generator().manual_seed(args.seed + 1000 + start)
+        s = model.sample(fa, fb, n_frames=target.shape[1], steps=args.sample_steps,
+                         guidance_scale=args.guidance[-1], generator=gen, style=style)
+        add(f"DDIM sample, guidance {args.guidance[-1]:g}, + style", _mse(s, target, mask), s)
         for scale in args.guidance:
             gen = torch.Generator().manual_seed(args.seed + 1000 + start)
             s = model.sample(fa, fb, n_frames=target.shape[1], steps=args.sample_steps, guidance_scale=scale,
