@@ -306,3 +306,25 @@ def _unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m model.checkpoint IN OUT [--fp16]`: export a run's EMA weights for shipping."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m model.checkpoint", description=export_weights.__doc__)
+    p.add_argument("checkpoint", help="training checkpoint (e.g. runs/default/best.pt)")
+    p.add_argument("output", help="weights file to write (e.g. checkpoints/default.pt)")
+    p.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the size)")
+    args = p.parse_args(argv)
+    try:
+        out = export_weights(args.checkpoint, args.output, torch.float16 if args.fp16 else None)
+    except (OSError, CheckpointError, KeyError) as exc:
+        print(f"error: {args.checkpoint}: {exc}")
+        return 1
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
