@@ -167,11 +167,13 @@ def onset_envelope(x, sample_rate: int = SAMPLE_RATE, start_s: float | None = No
 
 # -- novelty ---------------------------------------------------------------------------------------------------------
 def _novelty_features(mel: np.ndarray) -> np.ndarray:
-    """[M', N_MELS + 1] unit rows: log(1 + 1e6 mel) pooled over NOVELTY_POOL frames plus a constant 1, so that
-    silent frames are alike (the constant) and unlike music."""
+    """[M', N_MELS + 1] unit rows: the spectral shape log(1 + 1e6 mel) minus its mean over the bands (a level change
+    alone is no novelty), pooled over NOVELTY_POOL frames, plus a constant 1 so that silent frames are alike (the
+    constant) and unlike music."""
     m = mel.shape[1] // NOVELTY_POOL * NOVELTY_POOL
     pooled = mel[:, :m].reshape(mel.shape[0], -1, NOVELTY_POOL).mean(-1)
-    f = np.concatenate([np.log1p(1e6 * pooled).T, np.ones((pooled.shape[1], 1))], axis=1)
+    shape = np.log1p(1e6 * pooled).T
+    f = np.concatenate([shape - shape.mean(1, keepdims=True), np.ones((pooled.shape[1], 1))], axis=1)
     return f / np.linalg.norm(f, axis=1, keepdims=True)
 
 
@@ -360,6 +362,14 @@ def overlap_mask(source: SourceAnalysis, level_a: np.ndarray, level_b: np.ndarra
     return audible_a & audible_b & source.blend_mask()
 
 
+def _parabola(y0: float, y1: float, y2: float) -> float:
+    """Offset (-0.5..0.5) of the vertex of the parabola through three samples around a local maximum y1."""
+    denom = y0 - 2 * y1 + y2
+    if denom >= 0 or y1 < max(y0, y2):
+        return 0.0
+    return float(np.clip(0.5 * (y0 - y2) / denom, -0.5, 0.5))
+
+
 def phase_lag_ms(env_a: np.ndarray, env_b: np.ndarray, sample_rate: int = SAMPLE_RATE,
                  beat: float | None = None) -> float:
     """Lag (ms, signed: > 0 when B is late) maximising the cross-correlation of two onset envelopes on the same
@@ -373,11 +383,7 @@ def phase_lag_ms(env_a: np.ndarray, env_b: np.ndarray, sample_rate: int = SAMPLE
     lags = np.arange(-len(ea) + 1, len(eb))
     keep = np.flatnonzero(np.abs(lags) <= max_lag)
     i = keep[int(np.argmax(xc[keep]))]
-    shift = 0.0
-    if keep[0] < i < keep[-1]:
-        y0, y1, y2 = xc[i - 1], xc[i], xc[i + 1]
-        denom = y0 - 2 * y1 + y2
-        shift = 0.5 * (y0 - y2) / denom if denom < 0 else 0.0
+    shift = _parabola(xc[i - 1], xc[i], xc[i + 1]) if keep[0] < i < keep[-1] else 0.0
     return float((lags[i] + shift) / fps * 1000.0)
 
 
@@ -424,9 +430,7 @@ def _segment_tempo_score(env: np.ndarray, fps: float, bpm: float) -> float:
         return 0.0
     acf = ss.correlate(e, e, mode="full", method="fft")[n - 1:n - 1 + hi + 2] / (n - np.arange(hi + 2))
     i = lo + int(np.argmax(acf[lo:hi + 1]))
-    y0, y1, y2 = acf[i - 1], acf[i], acf[i + 1]
-    denom = y0 - 2 * y1 + y2
-    lag = i + (0.5 * (y0 - y2) / denom if denom < 0 else 0.0)
+    lag = i + _parabola(acf[i - 1], acf[i], acf[i + 1])
     octaves = math.log2(60.0 * fps / lag / bpm)
     err = abs(octaves - round(octaves))
     return math.exp(-0.5 * (err / TEMPO_TOLERANCE_OCT) ** 2)
@@ -802,8 +806,8 @@ def _mean(values: Sequence[float]) -> float:
 
 def summarise(rows: list[dict], methods: Sequence[str]) -> dict[str, dict[str, float]]:
     """Per method: mean of every metric over the pairs (NaN-aware), 'wins' (pairs where its composite is the best
-    among the compared methods, the teacher excluded; ties count for each) and 'best_on' (metrics whose mean is
-    the best among them)."""
+    among the compared methods, the teacher excluded; ties count for each) and 'best_on' (how many of the seven
+    individual metrics of the composite its mean is the best on)."""
     by_pair: dict[str, dict[str, dict]] = {}
     for row in rows:
         by_pair.setdefault(row["pair"], {})[row["method"]] = row
@@ -818,9 +822,7 @@ def summarise(rows: list[dict], methods: Sequence[str]) -> dict[str, dict[str, f
             top = max(scores.values())
             for m, s in scores.items():
                 summary[m]["wins"] += int(s >= top - 1e-12)
-    for k in METRICS:
-        if k == "curve_error":
-            continue
+    for k in COMPOSITE_WEIGHTS:  # the individual quality metrics (not the composite, not the teacher imitation)
         values = {m: summary[m][k] for m in compared if np.isfinite(summary[m][k])}
         if len(values) > 1:
             best = (max if k in HIGHER_IS_BETTER else min)(values.values())

@@ -62,9 +62,11 @@ def music(seed: int, offset: float = 0.0, bpm: float = BPM, pitch: float = 1.0, 
 
 
 def noise_stems(seed: int, level: float = 0.1) -> torch.Tensor:
-    """[4, 2, N] independent white noise in every stem (uncorrelated between calls)."""
+    """[4, 2, N] independent white noise in the drums, bass and other stems (uncorrelated between calls)."""
     g = torch.Generator().manual_seed(seed)
-    return level * torch.randn(4, 2, N, generator=g)
+    stems = level * torch.randn(4, 2, N, generator=g)
+    stems[2] = 0.0
+    return stems
 
 
 def levels_curves(la, lb) -> torch.Tensor:
@@ -106,8 +108,10 @@ def mixer():
 
 @pytest.fixture(scope="module")
 def tracks():
-    return {"a": music(1), "b": music(2, pitch=1.12), "late": music(3, offset=0.025, pitch=1.12),
-            "drift": music(4, bpm=131.0, pitch=1.12)}
+    """Instrumental tracks (no vocal stem: the mixer renders no vocal contributions for them)."""
+    return {"a": music(1, vocals=False), "b": music(2, pitch=1.12, vocals=False),
+            "late": music(3, offset=0.025, pitch=1.12, vocals=False), "drift": music(4, bpm=131.0, pitch=1.12,
+                                                                                    vocals=False)}
 
 
 def score(mixer, a, b, *curves, bpm=BPM):
@@ -145,10 +149,10 @@ def test_bass_clash_known_answers(mixer, tracks):
 
 
 def test_vocal_clash_known_answers(mixer, tracks):
-    a, b = tracks["a"], tracks["b"]
+    a, b = music(1), music(2, pitch=1.12)
     full, handed = score(mixer, a, b, both_full(), handover("vocals"))
     assert full["vocal_clash"] > 0.95 and handed["vocal_clash"] < 0.05
-    (one_singer,) = score(mixer, a, music(5, pitch=1.12, vocals=False), both_full())
+    (one_singer,) = score(mixer, a, tracks["b"], both_full())
     assert one_singer["vocal_clash"] == 0.0  # nobody to clash with
 
 
@@ -172,14 +176,17 @@ def test_phase_lag_sign_and_precision():
 
 def test_seam_novelty(mixer, tracks):
     a = tracks["a"]
-    other = noise_stems(7, 0.05) + music(8, pitch=1.5, kick=False)  # another timbre altogether
+    other = noise_stems(7, 0.05) + music(8, pitch=1.5, kick=False, vocals=False)  # another timbre altogether
     cut, fade = ev.hard_cut_curves(FRAMES, DURATION, BLEND), ev.equal_power_curves(FRAMES, DURATION, BLEND)
-    (same,) = score(mixer, a, a.clone(), fade)
+    # A into an identical copy of itself: a hard cut is no cut at all, the output is the music itself (whose
+    # peak over a few bars sits somewhat above its 95th percentile); a fade's level changes add no novelty
+    itself, faded_into_itself = score(mixer, a, a.clone(), cut, fade)
+    assert 0.8 < itself["seam_novelty"] < 1.6
+    assert faded_into_itself["seam_novelty"] == pytest.approx(itself["seam_novelty"], abs=0.15)
     to_other, faded = score(mixer, a, other, cut, fade)
+    assert to_other["seam_novelty"] > itself["seam_novelty"] + 0.4  # an abrupt change of timbre stands out ...
+    assert to_other["seam_novelty"] > faded["seam_novelty"] + 0.3  # ... more than a gradual one
     (to_silence,) = score(mixer, a, torch.zeros_like(a), cut)
-    assert same["seam_novelty"] < 1.2  # mixing a track into itself: as unremarkable as the music
-    assert to_other["seam_novelty"] > 1.3  # an abrupt change of timbre stands out ...
-    assert to_other["seam_novelty"] > faded["seam_novelty"] + 0.2  # ... more than a gradual one
     assert to_silence["seam_novelty"] > 3.0
 
 
@@ -244,13 +251,14 @@ def test_score_transition_signature_and_keys(mixer, tracks):
         ev.score_transition(mixer, tracks["a"][0], tracks["b"], curves, BPM, BLEND)
 
 
-def test_contributions_sum_to_the_mix(mixer, tracks):
+def test_contributions_sum_to_the_mix(mixer):
+    a, b = music(1), music(2, pitch=1.12)
     curves = RECIPES["echo_out"](context(), np.random.default_rng(3))
-    parts = ev.render_parts(mixer, tracks["a"], tracks["b"], curves, BPM, vocals=(True, True))
+    parts = ev.render_parts(mixer, a, b, curves, BPM, vocals=(True, True))
     with torch.no_grad():
-        mix = mixer(tracks["a"][None], tracks["b"][None], torch.from_numpy(curves)[None], bpm=BPM)[0]
+        mix = mixer(a[None], b[None], torch.from_numpy(curves)[None], bpm=BPM)[0]
     assert torch.allclose(parts["out"], mix, atol=1e-5)
-    only_vocal = tracks["a"].clone()
+    only_vocal = a.clone()
     only_vocal[[0, 1, 3]] = 0
     with torch.no_grad():
         vocal = mixer(only_vocal[None], torch.zeros_like(only_vocal)[None], torch.from_numpy(curves)[None], bpm=BPM)[0]
@@ -304,8 +312,8 @@ def make_processed(root: Path, n_pairs: int = 2, split: str = "test") -> Path:
     for i in range(n_pairs):
         folder = root / f"pair_{i}"
         folder.mkdir()
-        save_stems(folder / "track_a_stems", music(10 + i), SR, fmt="wav")
-        save_stems(folder / "track_b_stems", music(20 + i, pitch=1.12), SR, fmt="wav")
+        save_stems(folder / "track_a_stems", music(10 + i, vocals=False), SR, fmt="wav")
+        save_stems(folder / "track_b_stems", music(20 + i, pitch=1.12, vocals=False), SR, fmt="wav")
         ctx = context(64)
         recipe = ("equal_power_fade", "bass_swap")[i % 2]
         np.save(folder / "params.npy", RECIPES[recipe](ctx, np.random.default_rng(i)))
@@ -338,7 +346,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def test_cli_end_to_end_on_a_small_folder(tmp_path, capsys):
-    data = make_processed(tmp_path / "processed")
+    data = make_processed(tmp_path / "processed", n_pairs=1)
     model = tiny_model(tmp_path / "tiny.pt")
     out = tmp_path / "eval"
     rc = ev.main(["--data", str(data), "--model", str(model), "--candidates", "2", "--out", str(out),
@@ -352,11 +360,11 @@ def test_cli_end_to_end_on_a_small_folder(tmp_path, capsys):
         assert label in text
     rows = read_rows(out / "results.csv")
     methods = {"hard_cut", "linear_crossfade", "equal_power", "rule_bass_swap", "model", "model_best", "teacher"}
-    assert {r["method"] for r in rows} == methods and len(rows) == 2 * len(methods)
-    by = {(r["pair"], r["method"]): r for r in rows}
-    for pair in ("pair_0", "pair_1"):  # best of 2 includes the single sample
-        assert float(by[pair, "model_best"]["composite"]) >= float(by[pair, "model"]["composite"])
-        assert float(by[pair, "teacher"]["curve_error"]) == 0.0
+    assert {r["method"] for r in rows} == methods and len(rows) == len(methods)
+    by = {r["method"]: r for r in rows}
+    assert float(by["model_best"]["composite"]) >= float(by["model"]["composite"])  # the single sample is one of 2
+    assert float(by["teacher"]["curve_error"]) == 0.0
+    assert sum(int(line.split("|")[-3]) for line in text.splitlines()[4:] if "teacher" not in line) >= 1  # wins
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
