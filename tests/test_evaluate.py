@@ -398,7 +398,7 @@ def test_cli_on_pipeline_data(tmp_path, capsys):
     import pipeline
 
     data = tmp_path / "processed"
-    assert pipeline.main(["--synthetic", "3", "--output", str(data), "--duration", "30", "--bars", "4",
+    assert pipeline.main(["--synthetic", "4", "--output", str(data), "--duration", "30", "--bars", "4", "--max", "1",
                           "--n-frames", "64", "--seed", "1"]) == 0
     manifest = json.loads((data / "manifest.json").read_text())
     for pair in manifest["pairs"]:  # a tiny library has no test split of its own: evaluate what it made
