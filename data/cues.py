@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from scipy import signal
+from scipy.fft import next_fast_len
 
 from data.analysis import Section, TrackAnalysis
 from data.keys import camelot, key_index, key_name
@@ -625,7 +626,11 @@ def low_band_envelope(
     mono = x.mean(axis=0, dtype=np.float64)
     sos = signal.butter(4, cutoff_hz, btype="lowpass", fs=sample_rate, output="sos")
     low = signal.sosfiltfilt(sos, mono) if len(mono) > 30 else mono
-    envelope = np.abs(signal.hilbert(low)) if len(low) else low
+    # Hilbert FFT at a fast length (zero-padded): at an awkward length (large prime factors) one
+    # FFT of a 16 s excerpt took ~1 s; the padding only touches the last few ms, outside the range
+    # `_onset_curve` reads (it pads its excerpts by 0.25 s).
+    n_fft = next_fast_len(len(low)) if len(low) else 0
+    envelope = np.abs(signal.hilbert(low, N=n_fft)[: len(low)]) if len(low) else low
     frac = Fraction(env_rate / sample_rate).limit_denominator(1000)
     rate = sample_rate * frac.numerator / frac.denominator
     return signal.resample_poly(envelope, frac.numerator, frac.denominator), rate
