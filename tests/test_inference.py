@@ -158,6 +158,27 @@ def test_plot_and_summary_are_written(rules):
     assert files_in(rules.out) == ["transition.json", "transition.md", "transition.png", "transition.wav"]
 
 
+def test_a_failed_save_leaves_no_file(rules, tmp_path, monkeypatch):
+    import visualize
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(visualize, "plot_params", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        rules.result.save(tmp_path / "t.wav", plot_path=tmp_path / "t.png", summary_path=tmp_path / "t.md")
+    assert files_in(tmp_path) == []  # neither the audio nor the params, nor a temporary
+
+
+def test_duration_is_rounded_to_bars(work):
+    analysis = analysis_from_truth(work.a.truth, work.a.audio)  # 124 BPM: 1.935 s per bar
+    assert I._requested_bars(None, 31.0, analysis) == (16, True)
+    assert I._requested_bars(None, None, analysis) == (I.DEFAULT_BARS, False)
+    assert I._requested_bars(8, None, analysis) == (8, True)
+    with pytest.raises(I.InferenceError, match="--duration 200 s is 103 bars"):
+        I._requested_bars(None, 200.0, analysis)
+
+
 def test_cli_same_seed_same_output(work, tmp_path):
     common = [work.a.mix, work.b.mix, "--stems-a", work.a.stems, "--stems-b", work.b.stems, "--bars", 4,
               "--context", 2, "--model", "rules", "--cache-dir", work.cache, "--seed", 5, "-q"]
@@ -365,6 +386,19 @@ def test_incompatible_keys_warn_and_proceed(work, caplog):
     assert any(w.startswith("poor key match: 8A -> 3B") for w in result.warnings)
     assert "poor key match" in caplog.text
     assert result.params["keys"]["score"] < 0.5 and result.audio.shape[-1] > 0
+
+
+def test_manual_cues_snap_to_downbeats(work):
+    analysis_a = analysis_from_truth(work.a.truth, work.a.audio)
+    analysis_b = analysis_from_truth(work.b.truth, torch.from_numpy(work.b.stem_array.sum(0)))
+    cue_a = float(work.a.truth["downbeats"][4]) + 0.3
+    cue_b = float(work.b.truth["downbeats"][2]) - 0.2
+    result = run_api(work, analysis_a=analysis_a, analysis_b=analysis_b, bars=4, context=1.0, cue_a=cue_a, cue_b=cue_b)
+    cues = result.params["cues"]
+    assert cues["manual_a"] and cues["manual_b"]
+    assert cues["a_start_s"] == pytest.approx(work.a.truth["downbeats"][4], abs=1e-6)
+    assert cues["b_start_s"] == pytest.approx(work.b.truth["downbeats"][2], abs=1e-6)
+    assert result.params["blend"]["start_s"] == pytest.approx(1.0, abs=1 / SR)
 
 
 def test_bad_settings_are_one_line_errors(work, tmp_path, capsys):
