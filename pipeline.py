@@ -193,9 +193,10 @@ def run(args: argparse.Namespace) -> int:
     jobs, manifest_pairs = [], []
     rng = np.random.default_rng(args.seed)
     for split, _ in SPLITS:
-        members = [i for i in by_id if i in known and split_of(i, args.seed) == split]
+        members = [i for i in by_id if i in known and (args.all_to or split_of(i, args.seed)) == split]
         analyses = {i: TrackAnalysis.from_dict(known[i]) for i in members}
-        budget = None if args.max is None else max(1, round(args.max * dict(SPLITS)[split]))
+        share = (split == args.all_to) if args.all_to else dict(SPLITS)[split]
+        budget = None if args.max is None else (max(1, round(args.max * share)) if share else 0)
         for a_id, b_id in pick_pairs(analyses, rng, budget):
             pair_id = f"pair_{hashlib.sha1(f'{a_id}->{b_id}'.encode()).hexdigest()[:10]}"
             manifest_pairs.append({"id": pair_id, "path": pair_id, "split": split, "kind": "synthetic",
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max", type=int, default=None, help="at most this many pairs in all")
     parser.add_argument("--workers", type=int, default=1, help="processes for analysis and pair making")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--all-to", choices=[name for name, _ in SPLITS], default=None,
+                        help="put every track in this split, e.g. a held-out test set from a --seed no training used")
     parser.add_argument("--separator", default=None, help="htdemucs (default for files), demucs:PATH, dsp")
     parser.add_argument("--bars", type=int, default=None, help="blend length in bars (default: 8/16/32 at random)")
     parser.add_argument("--n-frames", type=int, default=128, help="curve frames per clip")

@@ -132,3 +132,14 @@ def test_synthetic_crates_stay_in_style_ranges():
     for s in sources:
         lo, hi = STYLES[s.style].bpm_range
         assert lo <= s.bpm <= hi
+
+
+@pytest.mark.slow
+def test_all_to_puts_every_pair_in_one_split(tmp_path):
+    """--all-to test: a held-out evaluation set (another --seed), every pair in the test split, --max pairs."""
+    out = tmp_path / "heldout"
+    args = ["--synthetic", "4", "--output", str(out), "--max", "1", "--duration", "40", "--bars", "4",
+            "--n-frames", "32", "--seed", "5", "--all-to", "test"]
+    assert pipeline.main(args) == 0
+    pairs = read_manifest(out)["pairs"]
+    assert len(pairs) == 1 and {p["split"] for p in pairs} == {"test"}
