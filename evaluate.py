@@ -58,9 +58,10 @@ N_MELS = 40
 NOVELTY_POOL = 4  # STFT frames per novelty frame (93 ms)
 NOVELTY_HALF_S = 2.0  # half-width of the checkerboard kernel
 NOVELTY_PERCENTILE = 95.0
-TEMPO_TOLERANCE_OCT = 0.05  # tempo stability: Gaussian width of the (octave-folded) tempo error, ~3.5 %
+TEMPO_TOLERANCE = 0.04  # tempo stability: lags within +-4 % of the beat period count as the beat
 PATTERN_BINS = 16  # beat-synchronous onset pattern: bins per beat
 RHYTHM_WEIGHTS = {"tempo": 0.4, "pattern": 0.3, "alignment": 0.2, "strength": 0.1}
+PHASE_HARMONICS = 4  # beat-phase error: beat harmonics of the folded cross-correlation (up to 16th notes)
 PHASE_SCALE_MS = 20.0  # beat-phase score 1 / (1 + (err / 20 ms)^2)
 TV_SCALE = 2.0  # smoothness score 1 / (1 + tv / 2 per second)
 # Composite: weighted mean of per-metric scores in [0, 1]; missing metrics (NaN) drop out and the rest renormalise.
@@ -372,13 +373,30 @@ def _parabola(y0: float, y1: float, y2: float) -> float:
 
 def phase_lag_ms(env_a: np.ndarray, env_b: np.ndarray, sample_rate: int = SAMPLE_RATE,
                  beat: float | None = None) -> float:
-    """Lag (ms, signed: > 0 when B is late) maximising the cross-correlation of two onset envelopes on the same
-    ONSET_HOP grid, searched within half a beat (250 ms without a tempo), refined by a parabola."""
+    """Lag (ms, signed: > 0 when B is late) between two onset envelopes on the same ONSET_HOP grid.
+
+    With a beat period T: the peak in (-T/2, T/2] of their beat-periodic cross-correlation, the sum of its first
+    PHASE_HARMONICS beat harmonics r(l) = sum_h Re(C_h exp(2 pi i h l / T)), C_h = E_B(h) conj(E_A(h)),
+    E(h) = sum_n (e(n) - mean e) exp(-2 pi i h t_n / T). Folding on the beat keeps the estimate from jumping to
+    an off-beat peak when the two tracks' patterns differ. Without a tempo: the cross-correlation peak within
+    250 ms, refined by a parabola.
+    """
     ea, eb = env_a - env_a.mean(), env_b - env_b.mean()
     if len(ea) < 4 or ea.std() < 1e-12 or eb.std() < 1e-12:
         return float("nan")
     fps = sample_rate / ONSET_HOP
-    max_lag = max(1, int(0.5 * (beat or 0.5) * fps) - 1)
+    if beat:
+        t = np.arange(len(ea)) / fps
+        lags = np.linspace(-beat / 2, beat / 2, int(beat * 1e4) + 1)[1:]  # 0.1 ms steps
+        r = np.zeros_like(lags)
+        for h in range(1, PHASE_HARMONICS + 1):
+            basis = np.exp(-2j * np.pi * h * t / beat)
+            cross = np.sum(eb * basis) * np.conj(np.sum(ea * basis))
+            r += np.real(cross * np.exp(2j * np.pi * h * lags / beat))
+        if np.ptp(r) < 1e-12:
+            return float("nan")
+        return float(lags[int(np.argmax(r))] * 1000.0)
+    max_lag = max(1, int(0.25 * fps))
     xc = ss.correlate(eb, ea, mode="full", method="fft")
     lags = np.arange(-len(ea) + 1, len(eb))
     keep = np.flatnonzero(np.abs(lags) <= max_lag)
@@ -422,18 +440,26 @@ def _beat_phasor(times: np.ndarray, env: np.ndarray, beat: float, origin: float)
 
 
 def _segment_tempo_score(env: np.ndarray, fps: float, bpm: float) -> float:
-    """exp(-e^2 / (2 s^2)) with e the octave-folded error (octaves) of the autocorrelation tempo vs bpm."""
+    """R(T) / max_l R(l), clipped to [0, 1]: the bar's autocorrelation R (zero-mean envelope, divided by the overlap
+    length) at the beat period T (or T / 2 or 2 T, each within +-TEMPO_TOLERANCE) over its maximum at lags of
+    60-200 BPM; 0 for a bar without onsets."""
     e = env - env.mean()
     n = len(e)
     lo, hi = int(fps * 60.0 / 200.0), min(int(fps * 60.0 / 60.0), n // 2)
     if n < 8 or hi <= lo + 2 or e.std() < 1e-12:
         return 0.0
-    acf = ss.correlate(e, e, mode="full", method="fft")[n - 1:n - 1 + hi + 2] / (n - np.arange(hi + 2))
-    i = lo + int(np.argmax(acf[lo:hi + 1]))
-    lag = i + _parabola(acf[i - 1], acf[i], acf[i + 1])
-    octaves = math.log2(60.0 * fps / lag / bpm)
-    err = abs(octaves - round(octaves))
-    return math.exp(-0.5 * (err / TEMPO_TOLERANCE_OCT) ** 2)
+    acf = ss.correlate(e, e, mode="full", method="fft")[n - 1:n + hi] / (n - np.arange(hi + 1))
+    peak = float(acf[lo:hi + 1].max())
+    at_beat = -np.inf
+    for multiple in (0.5, 1.0, 2.0):
+        period = fps * 60.0 / bpm * multiple
+        a = max(lo, int(math.floor(period * (1 - TEMPO_TOLERANCE))))
+        b = min(hi, int(math.ceil(period * (1 + TEMPO_TOLERANCE))))
+        if a <= b:
+            at_beat = max(at_beat, float(acf[a:b + 1].max()))
+    if peak <= 0 or not np.isfinite(at_beat):
+        return 0.0
+    return float(np.clip(at_beat / peak, 0.0, 1.0))
 
 
 def _pattern(times: np.ndarray, env: np.ndarray, beat: float, origin: float) -> np.ndarray:

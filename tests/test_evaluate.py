@@ -172,6 +172,9 @@ def test_phase_lag_sign_and_precision():
     env = lambda shift: np.exp(-(((t - shift) % BEAT) / 0.01))  # noqa: E731
     assert ev.phase_lag_ms(env(0.0), env(0.017), SR, BEAT) == pytest.approx(17.0, abs=1.5)
     assert ev.phase_lag_ms(env(0.017), env(0.0), SR, BEAT) == pytest.approx(-17.0, abs=1.5)
+    assert ev.phase_lag_ms(env(0.0), env(0.017), SR) == pytest.approx(17.0, abs=1.5)  # no tempo: the peak lag
+    offbeats = env(0.012) + 0.6 * env(0.012 + BEAT / 2)  # B's pattern differs: off-beats as well
+    assert ev.phase_lag_ms(env(0.0), offbeats, SR, BEAT) == pytest.approx(12.0, abs=1.5)
 
 
 def test_seam_novelty(mixer, tracks):
