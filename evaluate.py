@@ -62,6 +62,7 @@ TEMPO_TOLERANCE = 0.04  # tempo stability: lags within +-4 % of the beat period 
 PATTERN_BINS = 16  # beat-synchronous onset pattern: bins per beat
 RHYTHM_WEIGHTS = {"tempo": 0.4, "pattern": 0.3, "alignment": 0.2, "strength": 0.1}
 PHASE_HARMONICS = 4  # beat-phase error: beat harmonics of the folded cross-correlation (up to 16th notes)
+PHASE_TIE = 0.1  # ... a peak within this share of its range of the best counts as a tie (the smaller lag wins)
 PHASE_SCALE_MS = 20.0  # beat-phase score 1 / (1 + (err / 20 ms)^2)
 TV_SCALE = 2.0  # smoothness score 1 / (1 + tv / 2 per second)
 # Composite: weighted mean of per-metric scores in [0, 1]; missing metrics (NaN) drop out and the rest renormalise.
@@ -378,8 +379,10 @@ def phase_lag_ms(env_a: np.ndarray, env_b: np.ndarray, sample_rate: int = SAMPLE
     With a beat period T: the peak in (-T/2, T/2] of their beat-periodic cross-correlation, the sum of its first
     PHASE_HARMONICS beat harmonics r(l) = sum_h Re(C_h exp(2 pi i h l / T)), C_h = E_B(h) conj(E_A(h)),
     E(h) = sum_n (e(n) - mean e) exp(-2 pi i h t_n / T). Folding on the beat keeps the estimate from jumping to
-    an off-beat peak when the two tracks' patterns differ. Without a tempo: the cross-correlation peak within
-    250 ms, refined by a parabola.
+    an off-beat peak when the two tracks' patterns differ; when the best peak within a quarter beat of 0 comes
+    within PHASE_TIE of the range of r to the overall best (patterns that cannot tell the two apart, such as
+    8th-note hats), that one is taken. Without a tempo: the cross-correlation peak within 250 ms, refined by a
+    parabola.
     """
     ea, eb = env_a - env_a.mean(), env_b - env_b.mean()
     if len(ea) < 4 or ea.std() < 1e-12 or eb.std() < 1e-12:
@@ -393,9 +396,15 @@ def phase_lag_ms(env_a: np.ndarray, env_b: np.ndarray, sample_rate: int = SAMPLE
             basis = np.exp(-2j * np.pi * h * t / beat)
             cross = np.sum(eb * basis) * np.conj(np.sum(ea * basis))
             r += np.real(cross * np.exp(2j * np.pi * h * lags / beat))
-        if np.ptp(r) < 1e-12:
+        spread = float(np.ptp(r))
+        if spread < 1e-12:
             return float("nan")
-        return float(lags[int(np.argmax(r))] * 1000.0)
+        best = int(np.argmax(r))
+        near = np.flatnonzero(np.abs(lags) <= beat / 4)
+        close = near[int(np.argmax(r[near]))]
+        if r[close] >= r[best] - PHASE_TIE * spread:  # ambiguous (e.g. 8th-note hats): the alignment near zero
+            best = close
+        return float(lags[best] * 1000.0)
     max_lag = max(1, int(0.25 * fps))
     xc = ss.correlate(eb, ea, mode="full", method="fft")
     lags = np.arange(-len(ea) + 1, len(eb))
@@ -984,7 +993,7 @@ def evaluate(args: argparse.Namespace) -> str:
     for index, entry in enumerate(tqdm(entries, desc=f"evaluating {args.split}", unit="pair")):
         try:
             pair = load_pair(root, entry, n_frames)
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, TypeError) as error:  # AudioError is a ValueError
             log.warning("skipped %s: %s", entry.get("id"), error)
             skipped.append(entry.get("id"))
             continue

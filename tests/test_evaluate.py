@@ -175,6 +175,9 @@ def test_phase_lag_sign_and_precision():
     assert ev.phase_lag_ms(env(0.0), env(0.017), SR) == pytest.approx(17.0, abs=1.5)  # no tempo: the peak lag
     offbeats = env(0.012) + 0.6 * env(0.012 + BEAT / 2)  # B's pattern differs: off-beats as well
     assert ev.phase_lag_ms(env(0.0), offbeats, SR, BEAT) == pytest.approx(12.0, abs=1.5)
+    eighths = env(0.012) + env(0.012 + BEAT / 2)  # 8th-note hats cannot tell on-beat from off-beat: near 0 wins
+    assert ev.phase_lag_ms(env(0.0), eighths, SR, BEAT) == pytest.approx(12.0, abs=1.5)
+    assert abs(ev.phase_lag_ms(env(0.0), env(BEAT / 2), SR, BEAT)) == pytest.approx(BEAT / 2 * 1000, abs=1.5)
 
 
 def test_seam_novelty(mixer, tracks):
