@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
+from collections.abc import Collection
 from functools import lru_cache
 from pathlib import Path
 
@@ -190,7 +192,8 @@ class TransitionDataset(Dataset):
 
     Features are computed once per pair and cached next to it (`features_F{n}_M{mels}.pt`).
     `augment`: window jitter (crop up to `jitter` of the clip at either end, features and curves
-    alike) and per-track gain (+-3 dB on the mels and energy).
+    alike) and per-track gain (+-3 dB on the mels and energy). `with_audio`: True for every pair's stems
+    and target audio (the audio loss), or the pair kinds that get them, e.g. ("real",).
     """
 
     def __init__(
@@ -202,7 +205,7 @@ class TransitionDataset(Dataset):
         layout: str = "full",
         augment: bool = False,
         jitter: float = 0.05,
-        with_audio: bool = False,
+        with_audio: bool | Collection[str] = False,
         seed: int = 0,
     ):
         self.root = Path(root)
@@ -212,7 +215,9 @@ class TransitionDataset(Dataset):
             raise ValueError(f"{self.root}: no pairs in split {split!r}")
         self.n_frames, self.n_mels = n_frames, n_mels
         self.layout = get_layout(layout)
-        self.augment, self.jitter, self.with_audio = augment, jitter, with_audio
+        self.augment, self.jitter = augment, jitter
+        self.with_audio = with_audio if isinstance(with_audio, bool) else frozenset(with_audio)
+        self.kinds = [p.get("kind", "synthetic") for p in self.pairs]
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -257,7 +262,7 @@ class TransitionDataset(Dataset):
             "pair_id": pair["id"],
             "bpm": float(meta["bpm"]),
         }
-        if self.with_audio:
+        if self.with_audio is True or (self.with_audio and self.kinds[index] in self.with_audio):
             item["stems_a"] = _read_stems(folder / "track_a_stems")
             item["stems_b"] = _read_stems(folder / "track_b_stems")
             from data.audio import load_audio
@@ -266,6 +271,45 @@ class TransitionDataset(Dataset):
         if self.augment:
             item = augment_item(item, self.rng, self.jitter)
         return item
+
+
+class KindWeighted(Dataset):
+    """A dataset whose pairs are drawn by kind ("real", "synthetic") in given proportions.
+
+    Slot i of `length` (default: the base's length) holds one pair; kind k gets weights[k] / sum of the
+    weights of the kinds present of the slots, filled by cycling a seeded permutation of its pairs (a kind
+    with fewer pairs than slots repeats them). The table is fixed, so slot i is the same pair every epoch
+    and the training order stays a pure function of (seed, epoch). `base` needs `kinds` (a kind per item).
+    """
+
+    def __init__(self, base: Dataset, weights: dict[str, float], seed: int = 0, length: int | None = None):
+        kinds = list(base.kinds)
+        present = sorted({k for k in kinds if weights.get(k, 0.0) > 0})
+        if not present:
+            raise ValueError(f"no pairs of the weighted kinds {sorted(k for k, w in weights.items() if w > 0)} "
+                             f"(the data holds {sorted(set(kinds))})")
+        if any(w < 0 for w in weights.values()):
+            raise ValueError(f"kind weights must be >= 0, got {weights}")
+        self.base, self.length = base, int(length or len(base))
+        total = sum(weights[k] for k in present)
+        share = {k: self.length * weights[k] / total for k in present}
+        counts = {k: int(math.floor(share[k])) for k in present}
+        for k in sorted(present, key=lambda k: counts[k] - share[k])[:self.length - sum(counts.values())]:
+            counts[k] += 1  # largest remainders take the slots rounding left
+        rng = np.random.default_rng(seed)
+        table = []
+        for k in present:
+            members = np.flatnonzero(np.array(kinds) == k)
+            order = rng.permutation(members)
+            table.extend(int(order[j % len(order)]) for j in range(counts[k]))
+        self.table = np.asarray(table, dtype=np.int64)
+        self.kinds = [kinds[i] for i in self.table]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.base[int(self.table[index])]
 
 
 def style_index(label: str | None) -> int:
@@ -415,7 +459,7 @@ def collate(items: list[dict]) -> dict:
 
 
 __all__ = [
-    "FORMAT_VERSION", "STEMS", "STYLE_LABELS", "SyntheticDataset", "TransitionDataset", "augment_item",
+    "FORMAT_VERSION", "STEMS", "STYLE_LABELS", "KindWeighted", "SyntheticDataset", "TransitionDataset", "augment_item",
     "build_track_features", "collate", "frame_times", "read_manifest", "stem_log_mels", "style_index",
     "write_json_atomic",
 ]

@@ -2,11 +2,19 @@
 
     python pipeline.py --synthetic 40 --output processed          # synthesise 40 tracks (oracle stems)
     python pipeline.py --tracks ~/Music/library --output processed --separator htdemucs
+    python pipeline.py --transitions ~/mixes/transitions --output processed     # real DJ transitions
 
 Tracks are split into train/val/test *by track* (no track appears in two splits); pairs are drawn
 within a split between tempo- and key-compatible tracks. Finished pairs are skipped when the
 command runs again (each pair folder appears atomically); unreadable files are reported, skipped
 and summarised at the end.
+
+--transitions DIR turns real DJ transitions into pairs (data/real_mixes.py): DIR holds a folder per
+transition (mix.*, a.*, b.*, optional cues.json and a_stems/, b_stems/), or a whole mix with
+tracklist.csv and its source tracks. Each is aligned, cut, separated and labelled by fitting the
+mixer's curves to the excerpt; pairs get "kind": "real" and a fit-quality score (SNR), poor fits are
+rejected with their reason, and real_report.json lists every transition's outcome. Pairs of the other
+kind already in the output folder stay in its manifest.
 """
 
 from __future__ import annotations
@@ -137,6 +145,94 @@ def _make_pair(job: dict) -> tuple[str, str | None]:
         return out.name, str(error)
 
 
+def _make_real_pair(job: dict) -> tuple[str, dict]:
+    """Align, fit and write one real transition; returns (transition id, its report entry)."""
+    import time
+
+    from data.real_mixes import RejectedTransition, process_transition
+
+    torch.set_num_threads(1)
+    files, started = job["files"], time.perf_counter()
+    entry: dict = {"pair": Path(job["folder"]).name}
+    try:
+        transition = files.load(use_stems=not job["ignore_stems"])
+        needs_separator = transition.a.stems is None or transition.b.stems is None
+        separator = get_separator(job["separator"]) if needs_separator else None
+        pair = process_transition(transition, separator, job["config"], cache_dir=job["cache_dir"])
+        pair.meta["format_version"] = FORMAT_VERSION
+        write_pair(Path(job["folder"]), pair)
+        entry.update(status="ok", quality=pair.meta["quality"], meta=_report_meta(pair.meta))
+    except RejectedTransition as error:
+        entry.update(status="rejected", reason=str(error))
+        if getattr(error, "meta", None) is not None:
+            entry["meta"] = _report_meta(error.meta)
+    except (AudioError, ValueError, RuntimeError, OSError) as error:
+        entry.update(status="failed", reason=" ".join(str(error).split()))
+    entry["seconds"] = round(time.perf_counter() - started, 1)
+    return files.id, entry
+
+
+def _report_meta(meta: dict) -> dict:
+    return {k: meta[k] for k in ("clip", "alignment", "fit", "tempo_ratio", "bpm", "quality") if k in meta}
+
+
+def run_transitions(args: argparse.Namespace) -> int:
+    """--transitions: real DJ transitions -> pairs of kind "real" (see the module docstring)."""
+    from data.real_mixes import RealFitConfig, find_transitions
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        found = find_transitions(Path(args.transitions))
+    except (ValueError, OSError) as error:
+        print(f"error: --transitions {args.transitions}: {error}", file=sys.stderr)
+        return 2
+    config = RealFitConfig(steps=args.fit_steps, min_snr_db=args.min_snr, max_clip=args.max_clip, tie=args.tie,
+                           seed=args.seed)
+    report_path = out / "real_report.json"
+    report = read_json(report_path).get("transitions", {}) if report_path.is_file() else {}
+    entries, jobs = [], []
+    for files in found:
+        key = f"{files.mix.resolve()}|{files.id}|{files.window}"
+        pair_id = f"real_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+        entries.append({"id": pair_id, "path": pair_id, "split": split_of(files.id, args.seed), "kind": "real",
+                        "transition": files.id})
+        if (out / pair_id / "analysis.json").is_file():
+            continue  # resumable: finished pairs are kept
+        jobs.append({"files": files, "folder": str(out / pair_id), "config": config, "ignore_stems": args.ignore_stems,
+                     "separator": args.separator or "htdemucs", "cache_dir": args.cache_dir})
+    for transition_id, entry in _map(_make_real_pair, jobs, args.workers, "fitting transitions"):
+        report[transition_id] = entry
+        if entry["status"] == "ok":
+            log.info("%s: SNR %.1f dB (%s)", transition_id, entry["quality"], entry["pair"])
+        else:
+            log.warning("%s %s: %s", transition_id, entry["status"], entry["reason"])
+        write_json_atomic(report_path, {"transitions": report})
+    pairs = [e for e in entries if (out / e["path"] / "analysis.json").is_file()]
+    for entry in pairs:
+        entry["quality"] = read_json(out / entry["path"] / "analysis.json").get("quality")
+    write_manifest(out, pairs, "real", None)
+    done = {e["transition"] for e in pairs}
+    skipped = {t: report.get(t, {}) for t in (f.id for f in found) if t not in done}
+    log.info("%d real pairs in %s, %d transition(s) rejected or failed", len(pairs), out, len(skipped))
+    for transition_id, entry in sorted(skipped.items()):
+        log.warning("  %s: %s: %s", transition_id, entry.get("status", "?"), entry.get("reason", ""))
+    return 0 if pairs else 1
+
+
+def write_manifest(out: Path, pairs: list[dict], kind: str, n_frames: int | None) -> None:
+    """manifest.json with `pairs` (of `kind`) and the pairs of other kinds it already listed that still exist."""
+    manifest = out / "manifest.json"
+    old = read_json(manifest) if manifest.is_file() else {}
+    kept = [p for p in old.get("pairs", []) if p.get("kind", "synthetic") != kind and (out / p["path"]).is_dir()]
+    pairs = kept + pairs
+    write_json_atomic(manifest, {
+        "format_version": FORMAT_VERSION, "sample_rate": SAMPLE_RATE, "layout": "full",
+        "n_frames": n_frames if n_frames is not None else old.get("n_frames"),
+        "pairs": pairs, "splits": {s: sum(p["split"] == s for p in pairs) for s, _ in SPLITS},
+    })
+
+
 def write_pair(folder: Path, pair) -> None:
     """Write a pair folder atomically: everything goes to a temporary sibling that is renamed at the end."""
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -166,6 +262,8 @@ def _map(fn, jobs: list, workers: int, desc: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "transitions", None):
+        return run_transitions(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if args.synthetic:
@@ -219,10 +317,7 @@ def run(args: argparse.Namespace) -> int:
         if (folder / "analysis.json").is_file():
             entry["recipe"] = read_json(folder / "analysis.json").get("recipe")
             pairs.append(entry)
-    write_json_atomic(out / "manifest.json", {
-        "format_version": FORMAT_VERSION, "sample_rate": SAMPLE_RATE, "layout": "full", "n_frames": args.n_frames,
-        "pairs": pairs, "splits": {s: sum(p["split"] == s for p in pairs) for s, _ in SPLITS},
-    })
+    write_manifest(out, pairs, "synthetic", args.n_frames)
     counts = ", ".join(f"{s} {sum(p['split'] == s for p in pairs)}" for s, _ in SPLITS)
     log.info("%d pairs in %s (%s)", len(pairs), out, counts)
     if failures:
@@ -243,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--tracks", help="folder of audio files (a DJ library)")
     source.add_argument("--synthetic", type=int, metavar="N", help="synthesise N tracks with oracle stems")
+    source.add_argument("--transitions", metavar="DIR",
+                        help="real DJ transitions: a folder per transition, or a mix with tracklist.csv")
     parser.add_argument("--output", required=True, help="processed folder to write")
     parser.add_argument("--max", type=int, default=None, help="at most this many pairs in all")
     parser.add_argument("--workers", type=int, default=1, help="processes for analysis and pair making")
@@ -254,15 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-frames", type=int, default=128, help="curve frames per clip")
     parser.add_argument("--duration", type=float, default=150.0, help="mean length of synthetic tracks (s)")
     parser.add_argument("--cache-dir", default=None, help="stem cache (default $DJMIX_CACHE or ~/.cache/djmix)")
+    real = parser.add_argument_group("real transitions (--transitions)")
+    real.add_argument("--fit-steps", type=int, default=40, help="Adam steps of each curve fit")
+    real.add_argument("--min-snr", type=float, default=10.0, help="reject fits below this SNR against the excerpt (dB)")
+    real.add_argument("--max-clip", type=float, default=16.0, help="longest clip (s), cut around the blend")
+    real.add_argument("--tie", choices=("track", "stem"), default="track",
+                      help="fit per-stem controls together per track (channel EQ, default) or freely per stem")
+    real.add_argument("--ignore-stems", action="store_true", help="separate even where stems folders are given")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    if args.tracks is not None and not Path(args.tracks).is_dir():
-        print(f"error: --tracks {args.tracks}: not a folder", file=sys.stderr)
-        return 2
+    for flag, value in (("--tracks", args.tracks), ("--transitions", args.transitions)):
+        if value is not None and not Path(value).is_dir():
+            print(f"error: {flag} {value}: not a folder", file=sys.stderr)
+            return 2
     return run(args)
 
 

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from dataset import STYLE_LABELS, SyntheticDataset, TransitionDataset, augment_item, collate
+from dataset import STYLE_LABELS, KindWeighted, SyntheticDataset, TransitionDataset, augment_item, collate
 from effects.params import FULL, get_layout
 from model import (
     CheckpointError,
@@ -75,7 +75,7 @@ VAL_SEED_OFFSET = 1_000_003  # the synthetic validation set's seed is seed + thi
 RUN_DEFAULTS: dict[str, Any] = {
     "data": None, "synthetic": False, "synthetic_length": 2048, "synthetic_val_length": 64, "track_duration": 40.0,
     "synthetic_fixed": False, "synthetic_cache": None, "augment": None, "grad_accum": 1, "amp": False,
-    "val_every": 1000, "keep": 3, "sample_steps": 25, "wandb": None,
+    "val_every": 1000, "keep": 3, "sample_steps": 25, "wandb": None, "kind_weights": None, "audio_loss_on": "all",
 }
 _PATH_FLAGS = ("data", "synthetic_cache")
 
@@ -101,6 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="window jitter and per-track gain, seeded by (seed, epoch, index) (default: on for --data)")
     g.add_argument("--num-workers", type=int, help="DataLoader worker processes (config train.num_workers)")
+    g.add_argument("--kind-weights", metavar="KIND=W,...",
+                   help="draw --data training pairs by kind in these proportions, e.g. real=1,synthetic=3 "
+                        "(default: as they come)")
+    g.add_argument("--audio-loss-on", choices=("all", "real"),
+                   help="pairs that get the audio loss (with --audio-loss-weight > 0): all (default) or only "
+                        "real ones, whose curves were fitted to the audio")
     g = p.add_argument_group("model and optimisation (config fields)")
     g.add_argument("--model-size", choices=sorted(PRESETS), help="config preset (default small, or the checkpoint's)")
     g.add_argument("--config", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -140,6 +146,24 @@ def fill_run_flags(args: argparse.Namespace, stored: dict[str, Any]) -> None:
         raise UsageError("give exactly one data source: --data PROCESSED_FOLDER or --synthetic")
     if args.augment is None:
         args.augment = args.data is not None
+    if args.kind_weights is not None:
+        if args.synthetic:
+            raise UsageError("--kind-weights weighs the pair kinds of a --data folder; --synthetic has one kind")
+        parse_kind_weights(args.kind_weights)
+
+
+def parse_kind_weights(text: str) -> dict[str, float]:
+    """'real=1,synthetic=3' -> {'real': 1.0, 'synthetic': 3.0}."""
+    weights = {}
+    for part in text.split(","):
+        kind, sep, value = part.partition("=")
+        try:
+            weights[kind.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not kind.strip() or weights[kind.strip()] < 0:
+            raise UsageError(f"--kind-weights {text!r}: expected KIND=WEIGHT,... with weights >= 0")
+    return weights
 
 
 def run_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -269,6 +293,9 @@ def make_datasets(args: argparse.Namespace, cfg: Config) -> tuple[PairItems, Pai
     m, seed = cfg.model, cfg.train.seed
     with_audio = cfg.train.audio_loss_weight > 0
     if args.synthetic:
+        if with_audio and args.audio_loss_on == "real":
+            log.warning("--audio-loss-on real: synthetic pairs only, so no pair gets the audio loss")
+            with_audio = False
         def synthetic(length: int, data_seed: int, audio: bool) -> SyntheticDataset:
             return SyntheticDataset(length=length, seed=data_seed, n_frames=m.n_frames, n_mels=m.n_mels,
                                     track_duration=args.track_duration, with_audio=audio)
@@ -294,12 +321,18 @@ def make_datasets(args: argparse.Namespace, cfg: Config) -> tuple[PairItems, Pai
                                 cache_dir=cache(val_seed, True))
         return train, val, preview
 
-    def split(name: str, audio: bool) -> TransitionDataset:
+    def split(name: str, audio: bool | tuple[str, ...]) -> TransitionDataset:
         return TransitionDataset(args.data, name, n_frames=m.n_frames, n_mels=m.n_mels, layout=m.layout,
                                  augment=False, with_audio=audio, seed=seed)
 
+    if with_audio and args.audio_loss_on == "real":
+        with_audio = ("real",)  # the other pairs come without audio: has_audio False, no audio loss for them
     try:
-        train = PairItems(split("train", with_audio), m.layout, seed, args.augment)
+        base = split("train", with_audio)
+        if args.kind_weights is not None:
+            base = KindWeighted(base, parse_kind_weights(args.kind_weights), seed)
+            log.info("training pairs by kind: %s", {k: base.kinds.count(k) for k in sorted(set(base.kinds))})
+        train = PairItems(base, m.layout, seed, args.augment)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         where = f"{args.data}/manifest.json: " if isinstance(exc, (KeyError, TypeError)) else ""
         raise UsageError(f"{where}{exc}".replace("\n", " ")) from None
