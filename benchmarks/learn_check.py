@@ -198,6 +198,7 @@ def measure(args: argparse.Namespace, model, train_items: list[dict], eval_items
     for i in train_items:
         by_style.setdefault(int(i["style"]), []).append(i["curves"])
     style_mean = {k: torch.stack(v).mean(0) for k, v in by_style.items()}  # the style label alone, no audio
+    styled = model.config.model.n_styles > 0  # trained with --config model.n_styles=9 (the recipe labels)
     contexts = [T.TransitionContext.from_dict(i["context"]) for i in eval_items]
     results: dict[str, dict] = {}
     teacher_all, mse_all = [], {}
@@ -223,13 +224,15 @@ def measure(args: argparse.Namespace, model, train_items: list[dict], eval_items
             for null in (False, True):
                 pred = x0_prediction(model, batch, t, args.seed + start, null)
                 add(f"x0 @ {label}, {'NULL' if null else 'cond'}", _mse(pred, target, mask))
-            pred = x0_prediction(model, batch, t, args.seed + start, False, style)
-            add(f"x0 @ {label}, cond + style", _mse(pred, target, mask))
+            if styled:
+                pred = x0_prediction(model, batch, t, args.seed + start, False, style)
+                add(f"x0 @ {label}, cond + style", _mse(pred, target, mask))
         fa, fb = batch["feats_a"], batch["feats_b"]
-        gen = torch.Generator().manual_seed(args.seed + 1000 + start)
-        s = model.sample(fa, fb, n_frames=target.shape[1], steps=args.sample_steps,
-                         guidance_scale=args.guidance[-1], generator=gen, style=style)
-        add(f"DDIM sample, guidance {args.guidance[-1]:g}, + style", _mse(s, target, mask), s)
+        if styled:
+            gen = torch.Generator().manual_seed(args.seed + 1000 + start)
+            s = model.sample(fa, fb, n_frames=target.shape[1], steps=args.sample_steps,
+                             guidance_scale=args.guidance[-1], generator=gen, style=style)
+            add(f"DDIM sample, guidance {args.guidance[-1]:g}, + style", _mse(s, target, mask), s)
         for scale in args.guidance:
             gen = torch.Generator().manual_seed(args.seed + 1000 + start)
             s = model.sample(fa, fb, n_frames=target.shape[1], steps=args.sample_steps, guidance_scale=scale,
