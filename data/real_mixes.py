@@ -387,19 +387,24 @@ def _overlap(offset: float, ratio: float, src_seconds: float, mix_seconds: float
 
 
 def _robust_line(t: np.ndarray, y: np.ndarray, w: np.ndarray, tol: float) -> tuple[float, float, np.ndarray]:
-    """Weighted least-squares y ~ c0 + c1 t, dropping points off by more than `tol` (iterated)."""
-    keep = w > 0
-    c0, c1 = float(np.median(y[keep])) if keep.any() else 0.0, 0.0
-    for _ in range(5):
-        if keep.sum() >= 3:
-            c1, c0 = np.polyfit(t[keep], y[keep], 1, w=np.sqrt(w[keep]))
-        elif keep.any():
+    """Weighted least-squares y ~ c0 + c1 t over the inliers (within `tol` of the line), found from the best
+    third of the weights outwards: another signal that correlates at another lag (the other track's
+    kicks) may hold more points, but not the best ones."""
+    live = w > 0
+    if not live.any():
+        return 0.0, 0.0, live
+    keep = live & (w >= np.quantile(w[live], 2 / 3))
+    c0, c1 = float(np.median(y[keep])), 0.0
+    for _ in range(6):
+        if keep.sum() >= 3 and np.ptp(t[keep]) > 0:
+            c1, c0 = (float(c) for c in np.polyfit(t[keep], y[keep], 1, w=np.sqrt(w[keep])))
+        else:
             c0, c1 = float(np.average(y[keep], weights=w[keep])), 0.0
-        new = (np.abs(y - (c0 + c1 * t)) <= tol) & (w > 0)
-        if new.sum() < 2 or np.array_equal(new, keep):
+        new = (np.abs(y - (c0 + c1 * t)) <= tol) & live
+        if new.sum() < 1 or np.array_equal(new, keep):
             break
         keep = new
-    return float(c0), float(c1), keep
+    return c0, c1, keep
 
 
 def locate(mix: torch.Tensor, src: torch.Tensor, mix_analysis: TrackAnalysis, src_analysis: TrackAnalysis,
@@ -532,9 +537,10 @@ def _window_lags(mix: np.ndarray, placed: np.ndarray, lo: int, hi: int, search: 
     """Lags of 1 s windows of the mono mix over samples [lo, hi) against the placed source, and a score.
 
     Returns ([K, 3] rows (centre, lag, NCC peak): placed[m + lag] ~ mix[m] near the centre, lag in samples,
-    parabola-refined; score): the score is the 80th percentile of the windows' NCC *at a robust line through
-    their lags* (the source is only audible in part of its overlap), so a placement a bar off, whose windows
-    each find some kick to lock to at scattered lags, scores below the true one, whose lags line up.
+    parabola-refined; score): the score is the windows' NCC *at a robust line through their lags* (the mean
+    of the best fifth: the source may be audible in a small part of its overlap), so a placement a bar off,
+    whose windows each find some kick to lock to at scattered lags, scores below the true one, whose lags
+    line up.
     """
     rows, curves = [], []
     for a in range(max(lo, search), min(hi, len(mix) - search) - size + 1, hop):
@@ -545,15 +551,16 @@ def _window_lags(mix: np.ndarray, placed: np.ndarray, lo: int, hi: int, search: 
     rows = np.array(rows).reshape(-1, 3)
     if not len(rows):
         return rows, 0.0
-    good = rows[:, 2] >= 0.5 * rows[:, 2].max()
+    good = rows[:, 2] >= 0.3 * rows[:, 2].max()
     c0, c1, _ = _robust_line(rows[:, 0], rows[:, 1], np.where(good, rows[:, 2] ** 2, 0.0), tol=2.0)
-    at_line = [np.interp(c0 + c1 * centre + search, np.arange(len(ncc)), ncc) for (centre, _, _), ncc in
-               zip(rows, curves)]
-    return rows, float(np.quantile(at_line, 0.8))
+    at_line = np.array([np.interp(c0 + c1 * centre + search, np.arange(len(ncc)), ncc)
+                        for (centre, _, _), ncc in zip(rows, curves)])
+    top = max(2, int(math.ceil(0.2 * len(at_line))))
+    return rows, float(np.sort(at_line)[-top:].mean())
 
 
 def place_source(mix: torch.Tensor, src: torch.Tensor, align: Alignment, refine: bool = True,
-                 search_ms: float = 25.0, min_score: float = 0.2, max_stretches: int = 4,
+                 search_ms: float = 25.0, min_score: float = 0.2, max_stretches: int = 6,
                  converged: float = 1e-6) -> tuple[Placement, Alignment]:
     """Cut the source on the mix's grid to the sample; returns the placement and the alignment it realises.
 
@@ -614,7 +621,7 @@ def place_source(mix: torch.Tensor, src: torch.Tensor, align: Alignment, refine:
     while True:
         # placed[m + lag(m)] ~ mix[m] with lag(m) = c0 + c1 m: the track time at mix sample m is
         # first/SR + ratio * (m (1 + c1) + c0 - place) / SR.
-        good = rows[:, 2] >= max(0.5 * rows[:, 2].max(), 0.1)
+        good = rows[:, 2] >= max(0.3 * rows[:, 2].max(), 0.1)
         c0, c1, _ = _robust_line(rows[:, 0], rows[:, 1], np.where(good, rows[:, 2] ** 2, 0.0), tol=2.0)
         ratio = placement.ratio
         new_ratio = ratio * (1.0 + c1)
