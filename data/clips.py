@@ -39,7 +39,7 @@ import torch
 
 from data.analysis import TrackAnalysis
 from data.cues import CuePlan, KickLock, beatmatch, kick_lock_search
-from data.pairs import clip_analysis
+from data.pairs import clip_analysis, window
 from data.stems import Separator, default_cache_dir, separate_windows
 from data.transitions import TransitionContext, context_from_analyses
 from effects.params import SAMPLE_RATE, STEMS
@@ -99,15 +99,6 @@ class Clip:
         """The recipes' view of this clip on an `n_frames` curve grid."""
         return context_from_analyses(self.meta_a, self.meta_b, 0.0, 0.0, self.duration, self.blend_start,
                                      self.blend_end, n_frames, phrase_bars)
-
-
-def _window(audio: torch.Tensor, start: int, n: int) -> torch.Tensor:
-    """audio[..., start:start + n], zero-padded where that runs off either end."""
-    out = audio.new_zeros(*audio.shape[:-1], n)
-    lo, hi = max(0, start), min(audio.shape[-1], start + n)
-    if hi > lo:
-        out[..., lo - start:hi - start] = audio[..., lo:hi]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,7 +201,7 @@ def make_clip(
         raise ValueError(f"track {track_ids[0]}: the blend at {plan.a_start:.2f} s lies outside the track")
     stems_a_win = separate_windows(audio_a, [window_a], separator_a, cache_dir=cache_dir, use_cache=use_cache,
                                    track_id=track_ids[0], progress=progress, sample_rate=sr)[0]
-    stems_a = _window(stems_a_win, int(round(clip_start * sr)) - int(round(window_a[0] * sr)), n)
+    stems_a = window(stems_a_win, int(round(clip_start * sr)) - int(round(window_a[0] * sr)), n)
 
     ratio = plan.applied_ratio
     b_lo, b_hi = plan.b_time_at(clip_start), plan.b_time_at(clip_end)
@@ -221,7 +212,7 @@ def make_clip(
                                    track_id=track_ids[1], progress=progress, sample_rate=sr)[0]
     stretched = stretch(stems_b_win.reshape(8, -1), ratio, sr, cache_dir, use_cache).reshape(4, 2, -1)
     b_start_in_clip = (window_b[0] - plan.b_start) / ratio + plan.a_start + plan.kick_offset - clip_start
-    stems_b = _window(stretched, -int(round(b_start_in_clip * sr)), n)
+    stems_b = window(stretched, -int(round(b_start_in_clip * sr)), n)
     blend_start, blend_end = plan.a_start - clip_start, plan.a_end - clip_start
 
     shift, score, locked = 0.0, None, False
@@ -231,7 +222,7 @@ def make_clip(
         if lock.trusted:
             shift, locked = lock.offset, True
             b_start_in_clip += shift
-            stems_b = _window(stretched, -int(round(b_start_in_clip * sr)), n)
+            stems_b = window(stretched, -int(round(b_start_in_clip * sr)), n)
             plan.reasons.append(f"drum-lock: B moved {shift * 1000:+.1f} ms more (drum-stem correlation {score:.2f})")
         else:
             logger.debug("drum-lock not trusted (score %.2f, rival %.2f)", lock.score, lock.runner_up)
@@ -285,7 +276,7 @@ def track_b_audio(audio_b: torch.Tensor, clip: Clip, start: float, end: float, c
     i0, i1 = int(round(lo * sr)), int(round(hi * sr))
     stretched = stretch(audio_b[:, i0:i1], clip.ratio, sr, cache_dir, use_cache)
     first = ((i0 / sr) - clip.offset_b) / clip.ratio  # clip time of the stretched segment's first sample
-    return _window(stretched, int(round((start - first) * sr)), n)
+    return window(stretched, int(round((start - first) * sr)), n)
 
 
 def crossfade_seconds(clip: Clip) -> float:
@@ -316,10 +307,10 @@ def splice(
     n = int(round((end - start) * sr))
     s0 = int(round(start * sr))  # clip sample at output sample 0
     xf = int(round((crossfade_seconds(clip) if crossfade is None else crossfade) * sr))
-    out = _window(rendered, s0, n)
+    out = window(rendered, s0, n)
     if start < 0:  # lead-in from A's mix: A time = start_in_a + t
         fade_end = min(n, -s0 + xf)
-        a_part = _window(audio_a, int(round(clip.start_in_a * sr)) + s0, fade_end)
+        a_part = window(audio_a, int(round(clip.start_in_a * sr)) + s0, fade_end)
         weight = torch.ones(fade_end, dtype=out.dtype, device=out.device)
         if xf > 0 and fade_end > -s0:
             ramp = torch.linspace(1.0, 0.0, xf + 2, dtype=out.dtype, device=out.device)[1:-1]

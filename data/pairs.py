@@ -125,7 +125,7 @@ def clip_analysis(analysis: TrackAnalysis, offset: float, scale: float, duration
     }
 
 
-def _window(audio: torch.Tensor, start: int, n: int) -> torch.Tensor:
+def window(audio: torch.Tensor, start: int, n: int) -> torch.Tensor:
     """audio[..., start:start + n], zero-padded where that runs off either end."""
     out = audio.new_zeros(*audio.shape[:-1], n)
     lo, hi = max(0, start), min(audio.shape[-1], start + n)
@@ -163,7 +163,7 @@ def build_pair(
     window_a = (max(0.0, clip_start), min(a.duration, clip_end))
     stems_a_win = separate_windows(track_a.audio, [window_a], track_a.separator, cache_dir=cache_dir,
                                    track_id=track_a.id, progress=False)[0]
-    stems_a = _window(stems_a_win, a0 - int(round(window_a[0] * sr)), n)
+    stems_a = window(stems_a_win, a0 - int(round(window_a[0] * sr)), n)
 
     # B: the B times that play over the clip, stretched to A's tempo, then placed.
     ratio = plan.applied_ratio
@@ -176,7 +176,7 @@ def build_pair(
     stretched, applied = beatmatch(stems_b_win.reshape(8, -1), sr, ratio, dead_zone=0.0)
     stretched = torch.as_tensor(np.asarray(stretched), dtype=torch.float32).reshape(4, 2, -1)
     b_start_in_clip = (window_b[0] - plan.b_start) / ratio + plan.a_start + plan.kick_offset - clip_start
-    stems_b = _window(stretched, -int(round(b_start_in_clip * sr)), n)
+    stems_b = window(stretched, -int(round(b_start_in_clip * sr)), n)
 
     blend_start, blend_end = plan.a_start - clip_start, plan.a_end - clip_start
     offset_b = plan.b_start - (plan.a_start + plan.kick_offset - clip_start) * ratio  # B time at clip 0
