@@ -43,6 +43,7 @@ from data.analysis import TrackAnalysis, analyze_track
 from data.audio import AudioError, load_audio, resample
 from data.cues import _normalised_xcorr, beatmatch, low_band_envelope
 from data.pairs import Pair, clip_analysis
+from data.pairs import window as _window
 from data.stems import Separator, load_stems, separate_windows
 from data.transitions import RECIPES, context_from_analyses
 from effects.fit import fit_curves
@@ -506,14 +507,6 @@ class Placement:
         offset = self.start / SR - self.ratio * self.place / SR
         return Alignment(offset=offset, ratio=self.ratio, stretched=self.stretched, stretch_from=self.start / SR,
                          score=score, coarse=align.coarse)
-
-
-def _window(audio: torch.Tensor, start: int, n: int) -> torch.Tensor:
-    out = audio.new_zeros(*audio.shape[:-1], n)
-    lo, hi = max(0, start), min(audio.shape[-1], start + n)
-    if hi > lo:
-        out[..., lo - start:hi - start] = audio[..., lo:hi]
-    return out
 
 
 def _stretch(audio: torch.Tensor, ratio: float) -> torch.Tensor:
