@@ -372,12 +372,7 @@ def _envelope_lag(mix_env: OnsetEnvelope, src_env: OnsetEnvelope, offset: float,
         return 0.0, 0.0
     v = lo - n_lag * step + np.arange(len(u) + 2 * n_lag) * step
     ncc = _normalised_xcorr(mix_env(u), src_env(offset + ratio * v))
-    j = int(np.argmax(ncc))
-    delta = 0.0
-    if 0 < j < len(ncc) - 1:
-        y0, y1, y2 = ncc[j - 1], ncc[j], ncc[j + 1]
-        curvature = y0 - 2 * y1 + y2
-        delta = 0.5 * (y0 - y2) / curvature if curvature < 0 else 0.0
+    j, delta = _peak(ncc)
     return float(ncc[j]), float((n_lag - j - delta) * step)
 
 
