@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from data.analysis import SECTION_LABELS
+from data.audio import write_json_atomic  # noqa: F401 (re-exported: pipeline.py)
 from data.transitions import RECIPES
 from effects.params import FULL, SAMPLE_RATE, STEMS, get_layout
 from model.conditioning import N_KEYS, TrackFeatures
@@ -172,19 +173,6 @@ def read_manifest(root: str | os.PathLike) -> dict:
     for pair in manifest.get("pairs", []):
         _safe_join(root, pair["path"])
     return manifest
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class TransitionDataset(Dataset):

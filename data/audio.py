@@ -9,6 +9,7 @@ names the file and the problem.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -248,3 +249,17 @@ def rms_db(audio: torch.Tensor | np.ndarray) -> float:
 
 def _size(audio: torch.Tensor | np.ndarray) -> int:
     return int(audio.numel() if isinstance(audio, torch.Tensor) else np.size(audio))
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    """Write `data` as JSON to `path` atomically (temporary file in the same folder, then os.replace)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

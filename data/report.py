@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.audio import write_json_atomic
 from data.transitions import BASS_FREQS, VOCAL_FREQS, VOCAL_THRESHOLD_DB, stem_amplitudes
 from effects.params import FULL, SAMPLE_RATE, STEMS, TRACKS
 
@@ -288,15 +288,7 @@ def write_params(path: str | os.PathLike, doc: dict) -> Path:
     validate_params(doc)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(doc, handle, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, doc)
     return path
 
 
