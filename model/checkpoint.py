@@ -317,12 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output", help="weights file to write (e.g. checkpoints/default.pt)")
     p.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the size)")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out = export_weights(args.checkpoint, args.output, torch.float16 if args.fp16 else None)
     except (OSError, CheckpointError, KeyError) as exc:
-        print(f"error: {args.checkpoint}: {exc}")
+        log.error("error: %s: %s", args.checkpoint, str(exc).splitlines()[0])
         return 1
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    log.info("wrote %s (%.1f MiB)", out, out.stat().st_size / 2**20)
     return 0
 
 

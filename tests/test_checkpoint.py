@@ -202,11 +202,11 @@ def test_export_weights_is_small_and_loads_the_ema(tmp_path):
         torch.testing.assert_close(value, ema.module.state_dict()[name], atol=2e-3, rtol=2e-3)
 
 
-def test_export_cli_writes_half_weights_and_fails_in_one_line(tmp_path, capsys):
+def test_export_cli_writes_half_weights_and_fails_in_one_line(tmp_path, caplog):
     model, ema, opt, sched = training_state()
     full = save_checkpoint(tmp_path / "c.pt", model, ema=ema, optimizer=opt, scheduler=sched, step=1)
     assert ckpt_mod.main([str(full), str(tmp_path / "w.pt"), "--fp16"]) == 0
     assert next(iter(torch.load(tmp_path / "w.pt", weights_only=True)["ema"].values())).dtype == torch.float16
     assert ckpt_mod.main([str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 1
-    err = capsys.readouterr().out.strip().splitlines()[-1]
-    assert err.startswith("error:") and "missing.pt" in err and not (tmp_path / "x.pt").exists()
+    err = caplog.records[-1].getMessage()
+    assert err.startswith("error:") and "missing.pt" in err and "\n" not in err and not (tmp_path / "x.pt").exists()
