@@ -59,7 +59,9 @@ __all__ = [
 ]
 
 BPM_TOLERANCE = 0.06  # largest tempo stretch we accept as a beatmatch (+-6 %)
-DEAD_ZONE = 0.004  # tempo differences below 0.4 % are inaudible: do not run a stretcher for them
+# Below this tempo difference B is not stretched. What a listener hears is the drift over the blend, not the
+# pitch: 0.4 % over a 30 s blend is 120 ms (a flam, then a train wreck); 0.01 % is 3 ms.
+DEAD_ZONE = 1e-4
 MIN_BARS, MAX_BARS = 4, 32
 PHRASE_BARS = 8  # dance-music phrases: a blend starts every 8 bars from a section boundary
 OCTAVE_FACTORS = (1.0, 2.0, 0.5)  # how B's reported BPM may be read; 1.0 first so it wins ties
@@ -173,8 +175,8 @@ def bpm_compatibility(bpm_a: float, bpm_b: float, tolerance: float = BPM_TOLERAN
 def effective_ratio(ratio: float, dead_zone: float = DEAD_ZONE) -> float:
     """The stretch actually applied: 1.0 when |ratio - 1| is inside the dead-zone, else `ratio`.
 
-    With the dead-zone B drifts against A by up to `dead_zone` x the blend length (0.4 % of a
-    30 s blend is 120 ms); kick-lock aligns the start of the blend.
+    With the dead-zone B drifts against A by up to `dead_zone` x the blend length (the default
+    0.01 % is 3 ms over a 30 s blend); kick-lock aligns the start of the blend.
     """
     return 1.0 if abs(ratio - 1.0) <= dead_zone else float(ratio)
 

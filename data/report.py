@@ -121,7 +121,7 @@ PARAMS_SCHEMA: dict = {
             "tempo_free": {"type": "boolean", "description": "no beat grid: a time-based blend, bars nominal"},
             "bpm_a": _NUM_OR_NULL, "bpm_b": _NUM_OR_NULL,
             "tempo_ratio": {**_NUM_OR_NULL, "description": "B's stretch to A's tempo (new = old x ratio)"},
-            "applied_ratio": {**_NUM_OR_NULL, "description": "the stretch applied (1 inside the 0.4 % dead-zone)"},
+            "applied_ratio": {**_NUM_OR_NULL, "description": "the stretch applied (1 inside the 0.01 % dead-zone)"},
             "octave_factor": _NUM_OR_NULL,
         }, required=["bpm", "beats_per_bar", "bar_s", "tempo_free"]),
         "keys": _obj({
