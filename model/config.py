@@ -89,6 +89,7 @@ class DiffusionConfig(_Replace):
     cond_dropout: float = 0.1  # per-sample probability of training with the null conditioning
     style_dropout: float = 0.3  # per-sample probability of hiding the style label ('free' token)
     clip_x0: bool = True  # clamp x0 predictions to [-1, 1] inside DDIM
+    median_frames: int = 5  # odd running-median width applied to sampled curves (1 = off); see median_smooth
 
     def __post_init__(self):
         if self.prediction not in ("v", "epsilon"):
@@ -97,6 +98,8 @@ class DiffusionConfig(_Replace):
             raise ValueError(f"schedule must be 'cosine', got {self.schedule!r}")
         if not (0.0 <= self.cond_dropout <= 1.0 and 0.0 <= self.style_dropout <= 1.0):
             raise ValueError("cond_dropout and style_dropout must be probabilities")
+        if self.median_frames < 1 or self.median_frames % 2 == 0:
+            raise ValueError(f"median_frames must be an odd number >= 1, got {self.median_frames}")
         if self.train_timesteps < 2 or self.inference_steps < 1:
             raise ValueError("train_timesteps must be >= 2 and inference_steps >= 1")
 

@@ -129,6 +129,20 @@ class DDIMSampler:
         return x  # the last step (t_prev = -1) lands exactly on its (clamped) x0
 
 
+def median_smooth(curves: torch.Tensor, width: int) -> torch.Tensor:
+    """Running median over frames of curves [B, F, P] (odd width; edges replicate-padded).
+
+    Steps and monotone ramps pass unchanged (they are root signals of a median filter), so a fader switch on a
+    downbeat keeps its frame; isolated wiggles shorter than width // 2 + 1 frames, the residue of a finite
+    number of DDIM steps, go.
+    """
+    if width <= 1 or curves.shape[1] < width:
+        return curves
+    half = width // 2
+    padded = torch.cat([curves[:, :1].expand(-1, half, -1), curves, curves[:, -1:].expand(-1, half, -1)], dim=1)
+    return padded.unfold(1, width, 1).median(dim=-1).values
+
+
 # -- losses ------------------------------------------------------------------------------------------------------
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of x [B, F, ...] over frames where mask [B, F] is True (all frames when mask is None)."""
@@ -228,6 +242,8 @@ class TransitionDiffusion(nn.Module):
         noise = _randn(curves.shape, generator, device)
         drop = _rand((batch_size,), generator, device) < cond_dropout  # per SAMPLE, never per batch
         hide_style = _rand((batch_size,), generator, device) < style_dropout
+        if batch.get("style_forced") is not None:  # an imposed recipe is never shown as the music's own choice
+            hide_style = hide_style & ~batch["style_forced"].to(device, torch.bool)
         style = batch.get("style")
         if style is not None:
             style = torch.where(hide_style, torch.full_like(style, -1), style.to(device))
@@ -271,17 +287,20 @@ class TransitionDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, feats_a: TrackFeatures, feats_b: TrackFeatures, n_frames: int | None = None,
                steps: int | None = None, eta: float | None = None, guidance_scale: float | None = None,
-               generator: torch.Generator | None = None, style=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, style=None, noise: torch.Tensor | None = None,
+               median_frames: int | None = None) -> torch.Tensor:
         """Curves [B, n_frames, P] in [0, 1] for each pair (defaults from the config). Runs in eval mode.
 
         The conditioning is encoded once; each DDIM step is one denoiser call on [x; x] with [cond; null]
-        (guidance_scale == 1 skips the NULL half). Same generator seed -> same curves.
+        (guidance_scale == 1 skips the NULL half). Same generator seed -> same curves. The result goes through
+        median_smooth (config.diffusion.median_frames; 1 = the raw DDIM output).
         """
         dcfg = self.config.diffusion
         n_frames = n_frames or self.config.model.n_frames
         steps = steps or dcfg.inference_steps
         eta = dcfg.eta if eta is None else eta
         scale = dcfg.guidance_scale if guidance_scale is None else guidance_scale
+        median_frames = dcfg.median_frames if median_frames is None else median_frames
         was_training = self.training
         self.eval()
         try:
@@ -301,7 +320,7 @@ class TransitionDiffusion(nn.Module):
                                      self._device(), noise)
         finally:
             self.train(was_training)
-        return ((x0 + 1) / 2).clamp(0.0, 1.0)
+        return median_smooth(((x0 + 1) / 2).clamp(0.0, 1.0), median_frames)
 
     generate = sample  # the published README's name
 

@@ -20,6 +20,7 @@ from model import (
     get_config,
     smoothness_penalty,
 )
+from model.diffusion import median_smooth
 
 P = 58  # the full layout
 
@@ -281,6 +282,22 @@ def test_smoothness_penalty_prefers_smooth_curves_and_respects_mask():
     assert torch.allclose(smoothness_penalty(wild, mask), smoothness_penalty(ramp, mask))
 
 
+def test_median_smooth_keeps_steps_and_ramps_and_removes_wiggles():
+    t = torch.arange(40, dtype=torch.float32)
+    step = (t >= 19).float()  # a fader switch on one frame
+    ramp = (t / 39) ** 2
+    clean = torch.stack([step, ramp], dim=-1)[None]  # [1, 40, 2]
+    assert torch.equal(median_smooth(clean, 5), clean)  # root signals: unchanged, the switch keeps its frame
+    wiggle = torch.zeros(1, 40, 2)
+    wiggle[0, 3:36:6] = 0.2  # isolated one-frame spikes, none next to the switch or an edge
+    smoothed = median_smooth(clean + wiggle, 5)
+    assert torch.equal(smoothed[..., 0], step[None])  # the step comes back exactly
+    assert (smoothed[..., 1] - ramp).abs().max() <= 2 * (ramp[1:] - ramp[:-1]).max()  # within two frames of rise
+    assert torch.equal(median_smooth(clean + wiggle, 1), clean + wiggle)  # width 1 = off
+    with pytest.raises(ValueError, match="median_frames"):
+        tiny(diffusion__median_frames=4)
+
+
 def test_style_label_and_its_free_token():
     model = create_model(tiny(model__n_styles=3))
     a, b = feats(2), feats(2, seed=1)
@@ -295,6 +312,18 @@ def test_style_label_and_its_free_token():
     dropped = model.encoder(a, b, style=torch.tensor([0, 2]), drop=torch.tensor([True, False]))
     null = model.encoder.null_like(free)
     assert torch.equal(dropped.pooled[0], null.pooled[0])  # a dropped sample loses its style too
+
+
+def test_forced_styles_are_never_hidden():
+    model = create_model(tiny(model__n_styles=3, diffusion__style_dropout=1.0, diffusion__cond_dropout=0.0))
+    seen = {}
+    model.encoder.register_forward_hook(lambda mod, args, kwargs, out: seen.update(style=kwargs["style"]),
+                                        with_kwargs=True)
+    batch = make_batch(batch=6)
+    batch["style"] = torch.tensor([0, 1, 2, 0, 1, 2])
+    batch["style_forced"] = torch.tensor([True, False, True, False, False, False])
+    model(batch, generator=gen(0))
+    assert seen["style"].tolist() == [0, -1, 2, -1, -1, -1]  # dropout 1 hides every label but the imposed ones
 
 
 def test_audio_loss_hook_only_for_samples_with_target_audio():
