@@ -305,17 +305,43 @@ def style_index(label: str | None) -> int:
     return STYLE_LABELS.index(label) if label in STYLE_LABELS else -1
 
 
+TEACHERS = ("sample", "select")
+
+
+def quality_judge(stems_a, stems_b, context):
+    """The teacher's judge for data.transitions.select_recipe: evaluate.py's composite on the clip's stems."""
+    from evaluate import composite_scorer  # the metrics live with the evaluation
+
+    global _JUDGE_MIXER
+    if _JUDGE_MIXER is None:
+        from effects.mixer import DifferentiableDJMixer
+
+        _JUDGE_MIXER = DifferentiableDJMixer()
+    return composite_scorer(stems_a, stems_b, context, _JUDGE_MIXER)
+
+
+_JUDGE_MIXER = None
+
+
 class SyntheticDataset(Dataset):
     """Synthetic pairs made on the fly (no disk): two synth tracks, B at A's tempo in a compatible key,
     a teacher recipe's curves. Item i is the same every time (seeded by (seed, i, epoch)); call
     `set_epoch` for fresh pairs each epoch. `cache` keeps made items in memory (features are small).
+    teacher: "sample" draws the recipe from `weights`; "select" renders a shortlist and keeps the best by
+    evaluate.py's composite (data.transitions.select_recipe; ~4 renders per item, so slower to make).
+    style_forced: items say so ("style_forced": True) and training never hides their style label: pairs whose
+    recipe was imposed teach `--style`, not what the music would choose.
     """
 
     def __init__(self, length: int = 1024, seed: int = 0, n_frames: int = 128, n_mels: int = 128,
                  track_duration: float = 40.0, weights: dict[str, float] | None = None, with_audio: bool = False,
-                 cache: bool = True):
+                 cache: bool = True, teacher: str = "sample", style_forced: bool = False):
+        if teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
+        self.style_forced = style_forced
         self.length, self.seed, self.n_frames, self.n_mels = length, seed, n_frames, n_mels
         self.track_duration, self.weights, self.with_audio = track_duration, weights, with_audio
+        self.teacher = teacher
         self.cache = {} if cache else None
         self.epoch = 0
 
@@ -348,7 +374,7 @@ class SyntheticDataset(Dataset):
                                    duration=self.track_duration, bpm=truth_a["bpm"],
                                    key_index=_compatible_key(rng, truth_a["key_index"]))
         pair = pair_from_tracks(track_a.stems, truth_a, track_b.stems, track_b.truth, rng, n_frames=self.n_frames,
-                                weights=self.weights)
+                                weights=self.weights, select=quality_judge if self.teacher == "select" else None)
         stems_a, stems_b = torch.from_numpy(pair.stems_a), torch.from_numpy(pair.stems_b)
         duration = pair.context.duration
         feats = []
@@ -362,7 +388,8 @@ class SyntheticDataset(Dataset):
             "features_a": feats[0], "features_b": feats[1],
             "curves": torch.as_tensor(pair.curves, dtype=torch.float32),
             "frame_mask": torch.ones(self.n_frames, dtype=torch.bool),
-            "style": style_index(pair.label), "pair_id": f"synthetic_{self.seed}_{self.epoch}_{index}",
+            "style": style_index(pair.label), "style_forced": self.style_forced,
+            "pair_id": f"synthetic_{self.seed}_{self.epoch}_{index}",
             "bpm": float(pair.bpm),
         }
         if self.with_audio:
@@ -419,7 +446,7 @@ def collate(items: list[dict]) -> dict:
     """Batch items into what TransitionDiffusion's loss reads.
 
     feats_a / feats_b (TrackFeatures), curves [B, F, P] (when every item is labelled), mask [B, F],
-    style [B] (-1 = none), mix_bpm [B], pair_id; with audio: stems_a / stems_b [B, 4, 2, N],
+    style [B] (-1 = none), style_forced [B] bool, mix_bpm [B], pair_id; with audio: stems_a / stems_b [B, 4, 2, N],
     target_audio [B, 2, N] zero-padded to the longest and has_audio [B].
     """
     batch = {
@@ -427,6 +454,7 @@ def collate(items: list[dict]) -> dict:
         "feats_b": TrackFeatures.stack([i["features_b"] for i in items]),
         "mask": torch.stack([i["frame_mask"] for i in items]),
         "style": torch.tensor([i["style"] for i in items]),
+        "style_forced": torch.tensor([bool(i.get("style_forced", False)) for i in items]),
         "pair_id": [i["pair_id"] for i in items],
         "mix_bpm": torch.tensor([i["bpm"] for i in items]),
     }

@@ -667,6 +667,25 @@ def score_transition(mixer: DifferentiableDJMixer, stems_a: torch.Tensor, stems_
     return score_curves(mixer, stems_a, stems_b, [curves], bpm, blend, sample_rate, teacher)[0]
 
 
+def composite_scorer(stems_a, stems_b, context, mixer: DifferentiableDJMixer | None = None,
+                     sample_rate: int = SAMPLE_RATE) -> Callable[[Sequence], list[float]]:
+    """curves list -> composite scores on this clip (the teacher's judge, data.transitions.select_recipe).
+
+    stems_a, stems_b: [4, 2, N] (numpy or torch) clip windows; context: the clip's TransitionContext (its bpm and
+    blend). The sources are analysed once, here.
+    """
+    a, b = (torch.as_tensor(np.asarray(s)) for s in (stems_a, stems_b))
+    blend = (context.blend_start, context.blend_end)
+    mixer = mixer or DifferentiableDJMixer()
+    source = analyse_sources(a, b, context.bpm, blend, sample_rate)
+
+    def score(curves_list: Sequence) -> list[float]:
+        results = score_curves(mixer, a, b, curves_list, context.bpm, blend, sample_rate, source=source)
+        return [r["composite"] for r in results]
+
+    return score
+
+
 # ======================================================================================================================
 # Baselines: curve generators in the full layout on the clip geometry
 # ======================================================================================================================

@@ -5,7 +5,9 @@
     python pipeline.py --transitions ~/mixes/transitions --output processed     # real DJ transitions
 
 Tracks are split into train/val/test *by track* (no track appears in two splits); pairs are drawn
-within a split between tempo- and key-compatible tracks. Finished pairs are skipped when the
+within a split between tempo- and key-compatible tracks. The teacher curves of a pair are the best of
+a recipe shortlist under evaluate.py's composite on the pair's own stems (`--teacher select`), so the
+music decides the move; `--teacher sample` draws a recipe instead. Finished pairs are skipped when the
 command runs again (each pair folder appears atomically); unreadable files are reported, skipped
 and summarised at the end.
 
@@ -39,7 +41,7 @@ from data.audio import AudioError, load_audio, save_audio
 from data.cues import select_cues
 from data.pairs import Track, analysis_from_truth, build_pair, pick_pairs
 from data.stems import OracleSeparator, get_separator, save_stems
-from dataset import FORMAT_VERSION, write_json_atomic
+from dataset import FORMAT_VERSION, quality_judge, write_json_atomic
 from effects.params import SAMPLE_RATE
 
 log = logging.getLogger("pipeline")
@@ -135,8 +137,9 @@ def _make_pair(job: dict) -> tuple[str, str | None]:
         bars = int(rng.choice([8, 16, 16, 32])) if job["bars"] is None else job["bars"]
         # Exact grids (synthetic) need no kick-lock; files get the full plan with kick-lock.
         plan = select_cues(tracks[0].analysis, tracks[1].analysis, bars=bars) if job["a"].path is None else None
+        select = quality_judge if job["teacher"] == "select" else None
         pair = build_pair(tracks[0], tracks[1], rng, n_frames=job["n_frames"], bars=bars,
-                          cache_dir=job["cache_dir"], plan=plan)
+                          cache_dir=job["cache_dir"], plan=plan, select=select)
         pair.meta["kind"] = "synthetic"
         pair.meta["format_version"] = FORMAT_VERSION
         write_pair(out, pair)
@@ -304,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
             jobs.append({"folder": str(out / pair_id), "a": by_id[a_id], "b": by_id[b_id], "analysis_a": known[a_id],
                          "analysis_b": known[b_id], "seed": int(rng.integers(2**31)), "bars": args.bars,
                          "n_frames": args.n_frames, "separator": args.separator or "htdemucs",
-                         "cache_dir": args.cache_dir})
+                         "cache_dir": args.cache_dir, "teacher": args.teacher})
     for pair_id, error in _map(_make_pair, jobs, args.workers, "making pairs"):
         if error:
             failures[pair_id] = error
@@ -351,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-frames", type=int, default=128, help="curve frames per clip")
     parser.add_argument("--duration", type=float, default=150.0, help="mean length of synthetic tracks (s)")
     parser.add_argument("--cache-dir", default=None, help="stem cache (default $DJMIX_CACHE or ~/.cache/djmix)")
+    parser.add_argument("--teacher", choices=("select", "sample"), default="select",
+                        help="teacher curves: the best of a recipe shortlist by evaluate.py's composite (default) "
+                             "or a recipe drawn at random (faster)")
     real = parser.add_argument_group("real transitions (--transitions)")
     real.add_argument("--fit-steps", type=int, default=40, help="Adam steps of each curve fit")
     real.add_argument("--min-snr", type=float, default=10.0, help="reject fits below this SNR against the excerpt (dB)")

@@ -71,10 +71,12 @@ from model.config import PRESETS
 log = logging.getLogger("train")
 
 VAL_SEED_OFFSET = 1_000_003  # the synthetic validation set's seed is seed + this: never a training pair
+STYLE_SEED_OFFSET = 2_000_029  # ... and the style-forced pairs' (--style-share): other tracks than the main set
 # Run flags (not config fields) that a resumed run takes from its checkpoint unless given again.
 RUN_DEFAULTS: dict[str, Any] = {
     "data": None, "synthetic": False, "synthetic_length": 2048, "synthetic_val_length": 64, "track_duration": 40.0,
-    "synthetic_fixed": False, "synthetic_cache": None, "augment": None, "grad_accum": 1, "amp": False,
+    "synthetic_fixed": False, "synthetic_cache": None, "teacher": "sample", "style_share": 0.0,
+    "augment": None, "grad_accum": 1, "amp": False,
     "val_every": 1000, "keep": 3, "sample_steps": 25, "wandb": None, "kind_weights": None, "audio_loss_on": "all",
 }
 _PATH_FLAGS = ("data", "synthetic_cache")
@@ -98,6 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--synthetic-cache", type=Path,
                    help="folder that keeps made synthetic pairs (shared by runs, ranks and workers; with the "
                         "audio loss each pair holds its stems, tens of MB)")
+    g.add_argument("--teacher", choices=("sample", "select"),
+                   help="synthetic teacher: 'sample' draws a recipe (default, fast); 'select' renders a shortlist "
+                        "and keeps the best by evaluate.py's composite, so the music decides (~4 renders a pair)")
+    g.add_argument("--style-share", type=float,
+                   help="with --teacher select: this share of extra synthetic pairs (another seed) get a recipe drawn "
+                        "from the whole mixture and always show their style label, so every --style is learnt while "
+                        "the style-free model learns the music's choice (default 0)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="window jitter and per-track gain, seeded by (seed, epoch, index) (default: on for --data)")
     g.add_argument("--num-workers", type=int, help="DataLoader worker processes (config train.num_workers)")
@@ -239,6 +248,24 @@ class PairItems(Dataset):
         return item
 
 
+class ConcatItems(Dataset):
+    """Several PairItems end to end: item (epoch, index) of the whole is (epoch, index - offset) of one part."""
+
+    def __init__(self, parts: list[PairItems]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, int(key))
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.parts[part][(epoch, index - int(self.starts[part]))]
+
+
 def _item_to_plain(item: dict) -> dict:
     return {k: {"__features__": vars(v)} if isinstance(v, TrackFeatures) else v for k, v in item.items()}
 
@@ -296,15 +323,20 @@ def make_datasets(args: argparse.Namespace, cfg: Config) -> tuple[PairItems, Pai
         if with_audio and args.audio_loss_on == "real":
             log.warning("--audio-loss-on real: synthetic pairs only, so no pair gets the audio loss")
             with_audio = False
-        def synthetic(length: int, data_seed: int, audio: bool) -> SyntheticDataset:
+        def synthetic(length: int, data_seed: int, audio: bool, forced: bool = False) -> SyntheticDataset:
             return SyntheticDataset(length=length, seed=data_seed, n_frames=m.n_frames, n_mels=m.n_mels,
-                                    track_duration=args.track_duration, with_audio=audio)
+                                    track_duration=args.track_duration, with_audio=audio,
+                                    teacher="sample" if forced else args.teacher, style_forced=forced)
 
-        def cache(data_seed: int, audio: bool) -> Path | None:
+        def cache(data_seed: int, audio: bool, forced: bool = False) -> Path | None:
             if args.synthetic_cache is None:
                 return None
             key = {"kind": "synthetic", "format": 1, "seed": data_seed, "n_frames": m.n_frames, "n_mels": m.n_mels,
                    "track_duration": args.track_duration, "with_audio": audio}
+            if args.teacher != "sample" and not forced:  # sampled sets keep their old key: their caches stay valid
+                key["teacher"] = args.teacher
+            if forced:
+                key["style_forced"] = True
             digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
             return Path(args.synthetic_cache) / digest
 
@@ -312,6 +344,14 @@ def make_datasets(args: argparse.Namespace, cfg: Config) -> tuple[PairItems, Pai
             raise UsageError("--synthetic-length must be >= 1 and --synthetic-val-length >= 0")
         train = PairItems(synthetic(args.synthetic_length, seed, with_audio), m.layout, seed, args.augment,
                           refresh=not args.synthetic_fixed, cache_dir=cache(seed, with_audio))
+        if not 0.0 <= args.style_share < 1.0:
+            raise UsageError(f"--style-share must be in [0, 1), got {args.style_share}")
+        n_forced = round(args.synthetic_length * args.style_share / (1.0 - args.style_share))
+        if n_forced:
+            forced_seed = seed + STYLE_SEED_OFFSET
+            train = ConcatItems([train, PairItems(synthetic(n_forced, forced_seed, with_audio, forced=True), m.layout,
+                                                  seed, args.augment, refresh=not args.synthetic_fixed,
+                                                  cache_dir=cache(forced_seed, with_audio, forced=True))])
         val_seed = seed + VAL_SEED_OFFSET
         val = preview = None
         if args.synthetic_val_length:

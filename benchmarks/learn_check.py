@@ -115,7 +115,8 @@ def train_argv(args: argparse.Namespace) -> list[str]:
             str(args.track_duration), "--model-size", args.model_size, "--steps", str(args.steps),
             "--seed", str(args.seed), "--output", str(args.output), "--num-workers", str(args.num_workers),
             "--device", "cpu", "--keep", "0", "--log-every", str(max(1, args.steps // 20)),
-            "--save-every", str(args.steps), "--val-every", str(args.steps)]
+            "--save-every", str(args.steps), "--val-every", str(args.steps), "--teacher", args.teacher,
+            "--style-share", str(args.style_share)]
     for flag in ("batch_size", "lr", "warmup_steps", "ema_decay"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -132,14 +133,16 @@ def prepare_data(args: argparse.Namespace) -> tuple[list[dict], list[dict], obje
     train_set, _, _ = train_cli.make_datasets(targs, cfg)
     m = cfg.model
     eval_dir = Path(args.cache) / (f"learn_check_eval_s{args.seed + EVAL_SEED_OFFSET}_F{m.n_frames}_M{m.n_mels}"
-                                   f"_d{args.track_duration:g}")
+                                   f"_d{args.track_duration:g}"
+                                   + ("" if args.teacher == "sample" else f"_{args.teacher}"))
     eval_dir.mkdir(parents=True, exist_ok=True)
     _WORK.update(train=train_set, eval_dir=eval_dir,
                  eval=ContextSynthetic(length=args.eval_pairs, seed=args.seed + EVAL_SEED_OFFSET, n_frames=m.n_frames,
-                                       n_mels=m.n_mels, track_duration=args.track_duration, cache=False))
+                                       n_mels=m.n_mels, track_duration=args.track_duration, cache=False,
+                                       teacher=args.teacher))
     t0 = time.perf_counter()
-    _pool_map(_make_train, list(range(args.train_pairs)), args.jobs)
-    train_items = [train_set[(0, i)] for i in range(args.train_pairs)]
+    _pool_map(_make_train, list(range(len(train_set))), args.jobs)  # with --style-share, the forced pairs too
+    train_items = [train_set[(0, i)] for i in range(args.train_pairs)]  # the measures' train distribution
     eval_items = _pool_map(_make_eval, list(range(args.eval_pairs)), args.jobs)
     print(f"data: {args.train_pairs} train + {args.eval_pairs} held-out pairs ready in "
           f"{time.perf_counter() - t0:.0f} s (cache {args.cache})", flush=True)
@@ -299,6 +302,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", action="append", default=[], help="train.py --config override (repeatable)")
     p.add_argument("--track-duration", type=float, default=40.0, help="seconds of each synthetic track")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher", choices=("sample", "select"), default="sample",
+                   help="train.py --teacher: recipes drawn at random, or selected by quality (the music decides)")
+    p.add_argument("--style-share", type=float, default=0.0,
+                   help="train.py --style-share: extra pairs with an imposed, always-shown recipe label")
     p.add_argument("--cache", type=Path, default=Path("/tmp/djmix_learn_cache"), help="pairs made once, reused")
     p.add_argument("--output", type=Path, default=Path("/tmp/djmix_learn_run"), help="train.py run folder")
     p.add_argument("--jobs", type=int, default=2, help="processes making pairs")

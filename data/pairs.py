@@ -18,7 +18,7 @@ import torch
 from data.analysis import ENERGY_RATE, Section, TrackAnalysis, energy_curve, integrated_loudness
 from data.cues import CuePlan, beatmatch, bpm_compatibility, camelot_compatibility, plan_transition
 from data.stems import Separator, separate_windows
-from data.transitions import RECIPES, context_from_analyses, sample_recipe
+from data.transitions import RECIPES, context_from_analyses, sample_recipe, select_recipe
 from effects.mixer import DifferentiableDJMixer
 from effects.params import FULL, SAMPLE_RATE
 
@@ -147,8 +147,14 @@ def build_pair(
     cache_dir=None,
     render: bool = True,
     plan: CuePlan | None = None,
+    select=None,
 ) -> Pair:
-    """One labelled transition clip from two whole tracks (see the module docstring)."""
+    """One labelled transition clip from two whole tracks (see the module docstring).
+
+    recipe: force this teacher recipe; else select(stems_a, stems_b, ctx) -> scorer makes the teacher pick
+    the best of a shortlist (data.transitions.select_recipe, e.g. with dataset.quality_judge); else a
+    recipe drawn from `weights`.
+    """
     sr = SAMPLE_RATE
     a, b = track_a.analysis, track_b.analysis
     plan = plan or plan_transition(a, b, track_a.audio, track_b.audio, sr, bars=bars)
@@ -186,8 +192,12 @@ def build_pair(
     meta_b = clip_analysis(b, offset_b, ratio, duration, valid_b)
 
     ctx = context_from_analyses(meta_a, meta_b, 0.0, 0.0, duration, blend_start, blend_end, n_frames)
-    label = recipe or sample_recipe(rng, weights)
-    curves = np.asarray(RECIPES[label](ctx, rng), dtype=np.float32)
+    scores = None
+    if recipe is None and select is not None:
+        label, curves, scores = select_recipe(ctx, select(stems_a, stems_b, ctx), rng)
+    else:
+        label = recipe or sample_recipe(rng, weights)
+        curves = np.asarray(RECIPES[label](ctx, rng), dtype=np.float32)
     transition = None
     if render:
         mixer = mixer or DifferentiableDJMixer()
@@ -202,4 +212,6 @@ def build_pair(
                    "b": {"id": track_b.id, "source": track_b.source, **meta_b}},
         "plan": plan.to_dict(), "context": ctx.to_dict(),
     }
+    if scores is not None:
+        meta["teacher_scores"] = scores
     return Pair(stems_a, stems_b, curves, transition, label, meta)

@@ -3,7 +3,8 @@
 A recipe is a function `(ctx: TransitionContext, rng: numpy.random.Generator) -> curves [F, 58]`
 (float32, model space [0, 1], the `effects.params.FULL` layout); the mixer renders the two stem
 windows through the curves, and the curves are exact training labels. `RECIPES` maps each label to
-its recipe; `sample_recipe` draws a label from a configurable mixture; `generate_pair` builds a
+its recipe; `sample_recipe` draws a label from a configurable mixture, `select_recipe` lets the
+music choose (the best of a shortlist under a quality score); `generate_pair` builds a
 whole synthetic pair (two synth tracks at one tempo, windows, context, curves, label).
 
 Clip geometry (all times are seconds of *clip time*):
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "GRID_MODES",
     "RECIPES",
+    "SELECTION_LABELS",
     "VOCAL_FREQS",
     "VOCAL_MODES",
     "VOCAL_THRESHOLD_DB",
@@ -77,6 +79,7 @@ __all__ = [
     "random_context",
     "render_transition",
     "sample_recipe",
+    "select_recipe",
     "stem_amplitudes",
     "track_levels",
     "vocal_amplitudes",
@@ -779,6 +782,37 @@ def sample_recipe(rng: np.random.Generator, weights: dict[str, float] | None = N
     return labels[int(rng.choice(len(labels), p=w / w.sum()))]
 
 
+# The teacher's shortlist when it selects by quality: the recipes that score best on average under
+# evaluate.py's composite (EQ bass swap, echo out, filter sweep, cut). The others stay available by
+# label and in the random mixture.
+SELECTION_LABELS: tuple[str, ...] = ("bass_swap", "echo_out", "filter_sweep", "hard_cut")
+
+Scorer = Callable[[list[np.ndarray]], Sequence[float]]
+
+
+def select_recipe(
+    ctx: TransitionContext, score: Scorer, rng: np.random.Generator, labels: Sequence[str] = SELECTION_LABELS
+) -> tuple[str, np.ndarray, dict[str, float]]:
+    """The teacher as a DJ auditioning options: one draw of each recipe in `labels`, rendered and
+    judged by `score` (curves list -> one quality per curves, higher is better, e.g. evaluate.py's
+    composite on the pair's own stems); the best wins.
+
+    So the label is a function of the music (which move suits these two tracks here), not a coin
+    toss, and the teacher is at least as good as each of its candidates by that measure. Returns
+    (label, curves [F, 58] float32, {label: score}).
+    """
+    unknown = sorted(set(labels) - set(RECIPES))
+    if unknown or not labels:
+        raise ValueError(f"unknown or no recipe label(s) {unknown or labels}; expected some of {sorted(RECIPES)}")
+    seeds = rng.integers(2**31, size=len(labels))  # one stream per label: a draw does not depend on the others
+    drafts = [np.asarray(RECIPES[label](ctx, np.random.default_rng(int(seed))), np.float32)
+              for label, seed in zip(labels, seeds)]
+    scores = [float(v) for v in score(drafts)]
+    finite = [v if np.isfinite(v) else -np.inf for v in scores]
+    best = int(np.argmax(finite))
+    return labels[best], drafts[best], dict(zip(labels, scores))
+
+
 # ------------------------------------------------------------------------------------------------
 # Measuring the rules on any curves
 # ------------------------------------------------------------------------------------------------
@@ -1047,6 +1081,7 @@ def pair_from_tracks(
     weights: dict[str, float] | None = None,
     label: str | None = None,
     sample_rate: int = SAMPLE_RATE,
+    select: Callable[[np.ndarray, np.ndarray, TransitionContext], Scorer] | None = None,
 ) -> TransitionPair:
     """A pair from two whole tracks already at one tempo (B generated or stretched to A's BPM).
 
@@ -1055,7 +1090,9 @@ def pair_from_tracks(
     both tracks, preferring those that let A mix out in its last two sections; A mixes out at its
     latest fitting section start, B in at its first fitting downbeat (2 or 1 bars when nothing
     asked for fits). The clip is `lead_bars` of A alone, the blend, `tail_bars` of B alone.
-    n_frames None: round(duration * frame_rate) + 1.
+    n_frames None: round(duration * frame_rate) + 1. select: with no `label`, the teacher picks by
+    quality (`select_recipe`) with the scorer select(stems_a, stems_b, ctx) of the clip's windows;
+    None draws the label from `weights`.
     """
     bpm_a, bpm_b = float(_get(analysis_a, "bpm")), float(_get(analysis_b, "bpm"))
     if abs(bpm_b / bpm_a - 1.0) > 1e-3:
@@ -1078,19 +1115,24 @@ def pair_from_tracks(
     offset_a, offset_b = a_cue - lead, b_cue - lead
     frames = int(n_frames) if n_frames is not None else int(round(duration * frame_rate)) + 1
     ctx = context_from_analyses(analysis_a, analysis_b, offset_a, offset_b, duration, lead, lead + blend, frames)
-    label = label if label is not None else sample_recipe(rng, weights)
-    if label not in RECIPES:
-        raise ValueError(f"unknown recipe label {label!r}; expected one of {sorted(RECIPES)}")
-    curves = RECIPES[label](ctx, rng)
+    window_a = _window_of(stems_a, int(round(offset_a * sample_rate)), n)
+    window_b = _window_of(stems_b, int(round(offset_b * sample_rate)), n)
+    scores = None
+    if label is None and select is not None:
+        label, curves, scores = select_recipe(ctx, select(window_a, window_b, ctx), rng)
+    else:
+        label = label if label is not None else sample_recipe(rng, weights)
+        if label not in RECIPES:
+            raise ValueError(f"unknown recipe label {label!r}; expected one of {sorted(RECIPES)}")
+        curves = RECIPES[label](ctx, rng)
     info = {
         "recipe": label, "bpm": bpm_a, "blend_bars": bars, "lead_bars": lead_bars, "tail_bars": tail_bars,
         "offset_a": offset_a, "offset_b": offset_b, "a_cue": a_cue, "b_cue": b_cue,
     }
-    return TransitionPair(
-        stems_a=_window_of(stems_a, int(round(offset_a * sample_rate)), n),
-        stems_b=_window_of(stems_b, int(round(offset_b * sample_rate)), n),
-        curves=curves, label=label, context=ctx, bpm=bpm_a, info=info,
-    )
+    if scores is not None:
+        info["teacher_scores"] = scores
+    return TransitionPair(stems_a=window_a, stems_b=window_b, curves=curves, label=label, context=ctx, bpm=bpm_a,
+                          info=info)
 
 
 def _compatible_style(rng: np.random.Generator, bpm: float, fallback: str) -> str:

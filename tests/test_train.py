@@ -239,3 +239,22 @@ def test_audio_loss_and_style_labels_train(tmp_path, cache):
     assert train.main(args) == 0
     assert all(r["audio"] > 0 for r in records(out))
     assert load(out / "last.pt")["step"] == 2
+
+
+def test_style_share_adds_forced_style_pairs(tmp_path, cache):
+    """--style-share: extra pairs of another seed whose imposed recipe keeps its label (style_forced)."""
+    args = train.parse_args(tiny_args(tmp_path / "run", cache, "--style-share", "0.5", "--config", "model.n_styles=9"))
+    train.fill_run_flags(args, {})
+    cfg = train.build_config(args, None)
+    train_set, _, _ = train.make_datasets(args, cfg)
+    assert len(train_set) == 8  # 4 + 4 * 0.5 / (1 - 0.5)
+    main, extra = [train_set[(0, i)] for i in range(4)], [train_set[(0, i)] for i in range(4, 8)]
+    assert not any(i["style_forced"] for i in main) and all(i["style_forced"] for i in extra)
+    assert all(i["style"] >= 0 for i in extra)
+    assert {i["pair_id"] for i in main}.isdisjoint({i["pair_id"] for i in extra})
+    with pytest.raises(IndexError):
+        train_set[(0, 8)]
+    bad = train.parse_args(tiny_args(tmp_path / "bad", cache, "--style-share", "1"))
+    train.fill_run_flags(bad, {})
+    with pytest.raises(train.UsageError, match="style-share"):
+        train.make_datasets(bad, cfg)

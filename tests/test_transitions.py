@@ -236,6 +236,36 @@ def test_sample_recipe_honours_weights():
             T.sample_recipe(rng, bad)
 
 
+def test_select_recipe_keeps_the_best_draw_by_the_score(contexts):
+    ctx = contexts[0]
+    b_level = lambda drafts: [float(T.track_levels(u)[:, 1].mean()) for u in drafts]  # noqa: E731  "B early"
+    label, curves, scores = T.select_recipe(ctx, b_level, np.random.default_rng(3))
+    assert set(scores) == set(T.SELECTION_LABELS) and scores[label] == max(scores.values())
+    assert b_level([curves])[0] == pytest.approx(scores[label])
+    again = T.select_recipe(ctx, b_level, np.random.default_rng(3))
+    assert again[0] == label and np.array_equal(again[1], curves)  # deterministic given the rng
+    # the judge decides: flip the measure and the choice follows it
+    label_late, _, _ = T.select_recipe(ctx, lambda d: [-v for v in b_level(d)], np.random.default_rng(3))
+    assert scores[label_late] == min(scores.values())
+    nan_first = lambda drafts: [float("nan")] + [1.0] * (len(drafts) - 1)  # noqa: E731  NaN never wins
+    assert T.select_recipe(ctx, nan_first, np.random.default_rng(0), ("hard_cut", "bass_swap"))[0] == "bass_swap"
+    with pytest.raises(ValueError, match="recipe"):
+        T.select_recipe(ctx, b_level, np.random.default_rng(0), ("nope",))
+
+
+def test_pair_from_tracks_with_the_quality_judge():
+    from dataset import quality_judge
+    from evaluate import composite_scorer
+
+    track = T.generate_pair(4, track_duration=14.0, blend_bars=2, lead_bars=1, tail_bars=1, n_frames=64)
+    pair = T.generate_pair(4, track_duration=14.0, blend_bars=2, lead_bars=1, tail_bars=1, n_frames=64,
+                           select=quality_judge)
+    assert pair.label in T.SELECTION_LABELS and set(pair.info["teacher_scores"]) == set(T.SELECTION_LABELS)
+    assert np.array_equal(pair.stems_a, track.stems_a)  # same clip, only the teacher differs
+    judged = composite_scorer(pair.stems_a, pair.stems_b, pair.context)([pair.curves])[0]
+    assert judged == pytest.approx(max(pair.info["teacher_scores"].values()), abs=1e-9)
+
+
 # 5. contexts, pairs and renders -----------------------------------------------------------------------
 def test_context_from_analyses_maps_track_times_to_clip_time():
     a = TrackAnalysis(duration=40.0, bpm=120.0, beats=np.arange(0.25, 40, 0.5), downbeats=np.arange(0.25, 40, 2.0),
