@@ -258,3 +258,38 @@ def test_style_share_adds_forced_style_pairs(tmp_path, cache):
     train.fill_run_flags(bad, {})
     with pytest.raises(train.UsageError, match="style-share"):
         train.make_datasets(bad, cfg)
+
+
+@pytest.mark.slow
+def test_a_trained_model_answers_its_input_not_a_fixed_curve(tmp_path):
+    """Issue 4's claim in miniature (benchmarks/learn_check.py measures it on held-out pairs): a tiny model trained
+    on 16 synthetic pairs samples, for each of them, curves far closer to that pair's own teacher than the mean
+    curve (the best fixed answer) and than the same network given the NULL conditioning."""
+    from dataset import collate
+    from model import load_model
+
+    out = tmp_path / "run"
+    args = ["--synthetic", "--synthetic-fixed", "--synthetic-cache", str(tmp_path / "cache"), "--synthetic-length",
+            "16", "--synthetic-val-length", "0", "--track-duration", "12", "--model-size", "tiny", "--config",
+            "model.n_mels=32", "--batch-size", "16", "--num-workers", "0", "--device", "cpu", "--steps", "800",
+            "--lr", "2e-3", "--warmup-steps", "20", "--ema-decay", "0.98", "--keep", "0", "--save-every", "800",
+            "--val-every", "800", "--log-every", "100", "--output", str(out)]
+    assert train.main(args) == 0
+    parsed = train.parse_args(args)
+    train.fill_run_flags(parsed, {})
+    items, _, _ = train.make_datasets(parsed, train.build_config(parsed, None))
+    batch = collate([items[(0, i)] for i in range(16)])
+    model = load_model(out / "last.pt")
+    curves = batch["curves"]
+
+    def mse(pred: torch.Tensor) -> float:
+        return float((pred - curves).square().mean())
+
+    kwargs = {"n_frames": curves.shape[1], "steps": 20}
+    cond = model.sample(batch["feats_a"], batch["feats_b"], guidance_scale=1.0,
+                        generator=torch.Generator().manual_seed(0), **kwargs)
+    null = model.sample(batch["feats_a"], batch["feats_b"], guidance_scale=0.0,
+                        generator=torch.Generator().manual_seed(0), **kwargs)
+    fixed = mse(curves.mean(0, keepdim=True).expand_as(curves))
+    assert mse(cond) < 0.5 * fixed, (mse(cond), fixed)
+    assert mse(cond) < 0.5 * mse(null), (mse(cond), mse(null))
