@@ -17,6 +17,18 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """one_thread for a whole module: its module-scoped runs set up before any function-scoped fixture.
+
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread_module")`.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test: small ops on a shared, loaded machine run faster than on two competing ones.

@@ -30,16 +30,7 @@ from model import create_ema, create_model, save_checkpoint
 SR = 44_100
 SECONDS = 32.0
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread (module-wide): small ops on the shared 2-core machine run faster than on two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -48,12 +48,7 @@ def _bench():
     return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_module():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def make_transition(folder: Path, seed: int = 3, **kwargs) -> dict:
