@@ -312,15 +312,15 @@ def quality_judge(stems_a, stems_b, context):
     """The teacher's judge for data.transitions.select_recipe: evaluate.py's composite on the clip's stems."""
     from evaluate import composite_scorer  # the metrics live with the evaluation
 
-    global _JUDGE_MIXER
-    if _JUDGE_MIXER is None:
-        from effects.mixer import DifferentiableDJMixer
-
-        _JUDGE_MIXER = DifferentiableDJMixer()
-    return composite_scorer(stems_a, stems_b, context, _JUDGE_MIXER)
+    return composite_scorer(stems_a, stems_b, context, _judge_mixer())
 
 
-_JUDGE_MIXER = None
+@lru_cache(maxsize=1)
+def _judge_mixer():
+    """One mixer per process for the judge (its filters and windows are built once)."""
+    from effects.mixer import DifferentiableDJMixer
+
+    return DifferentiableDJMixer()
 
 
 class SyntheticDataset(Dataset):
@@ -338,10 +338,9 @@ class SyntheticDataset(Dataset):
                  cache: bool = True, teacher: str = "sample", style_forced: bool = False):
         if teacher not in TEACHERS:
             raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
-        self.style_forced = style_forced
         self.length, self.seed, self.n_frames, self.n_mels = length, seed, n_frames, n_mels
         self.track_duration, self.weights, self.with_audio = track_duration, weights, with_audio
-        self.teacher = teacher
+        self.teacher, self.style_forced = teacher, style_forced
         self.cache = {} if cache else None
         self.epoch = 0
 

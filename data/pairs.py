@@ -18,7 +18,7 @@ import torch
 from data.analysis import ENERGY_RATE, Section, TrackAnalysis, energy_curve, integrated_loudness
 from data.cues import CuePlan, beatmatch, bpm_compatibility, camelot_compatibility, plan_transition
 from data.stems import Separator, separate_windows
-from data.transitions import RECIPES, context_from_analyses, sample_recipe, select_recipe
+from data.transitions import context_from_analyses, teacher_curves
 from effects.mixer import DifferentiableDJMixer
 from effects.params import FULL, SAMPLE_RATE
 
@@ -192,12 +192,8 @@ def build_pair(
     meta_b = clip_analysis(b, offset_b, ratio, duration, valid_b)
 
     ctx = context_from_analyses(meta_a, meta_b, 0.0, 0.0, duration, blend_start, blend_end, n_frames)
-    scores = None
-    if recipe is None and select is not None:
-        label, curves, scores = select_recipe(ctx, select(stems_a, stems_b, ctx), rng)
-    else:
-        label = recipe or sample_recipe(rng, weights)
-        curves = np.asarray(RECIPES[label](ctx, rng), dtype=np.float32)
+    score = select(stems_a, stems_b, ctx) if recipe is None and select is not None else None
+    label, curves, scores = teacher_curves(ctx, rng, recipe, weights, score)
     transition = None
     if render:
         mixer = mixer or DifferentiableDJMixer()

@@ -81,6 +81,7 @@ __all__ = [
     "sample_recipe",
     "select_recipe",
     "stem_amplitudes",
+    "teacher_curves",
     "track_levels",
     "vocal_amplitudes",
     "vocal_overlap",
@@ -813,6 +814,20 @@ def select_recipe(
     return labels[best], drafts[best], dict(zip(labels, scores))
 
 
+def teacher_curves(
+    ctx: TransitionContext, rng: np.random.Generator, label: str | None = None,
+    weights: dict[str, float] | None = None, score: Scorer | None = None,
+) -> tuple[str, np.ndarray, dict[str, float] | None]:
+    """The teacher's (label, curves [F, 58] float32, scores or None) for one clip: the recipe `label` when given,
+    else the best of the shortlist by `score` (`select_recipe`), else a recipe drawn from `weights`."""
+    if label is None and score is not None:
+        return select_recipe(ctx, score, rng)
+    label = label if label is not None else sample_recipe(rng, weights)
+    if label not in RECIPES:
+        raise ValueError(f"unknown recipe label {label!r}; expected one of {sorted(RECIPES)}")
+    return label, np.asarray(RECIPES[label](ctx, rng), dtype=np.float32), None
+
+
 # ------------------------------------------------------------------------------------------------
 # Measuring the rules on any curves
 # ------------------------------------------------------------------------------------------------
@@ -1117,14 +1132,8 @@ def pair_from_tracks(
     ctx = context_from_analyses(analysis_a, analysis_b, offset_a, offset_b, duration, lead, lead + blend, frames)
     window_a = _window_of(stems_a, int(round(offset_a * sample_rate)), n)
     window_b = _window_of(stems_b, int(round(offset_b * sample_rate)), n)
-    scores = None
-    if label is None and select is not None:
-        label, curves, scores = select_recipe(ctx, select(window_a, window_b, ctx), rng)
-    else:
-        label = label if label is not None else sample_recipe(rng, weights)
-        if label not in RECIPES:
-            raise ValueError(f"unknown recipe label {label!r}; expected one of {sorted(RECIPES)}")
-        curves = RECIPES[label](ctx, rng)
+    score = select(window_a, window_b, ctx) if label is None and select is not None else None
+    label, curves, scores = teacher_curves(ctx, rng, label, weights, score)
     info = {
         "recipe": label, "bpm": bpm_a, "blend_bars": bars, "lead_bars": lead_bars, "tail_bars": tail_bars,
         "offset_a": offset_a, "offset_b": offset_b, "a_cue": a_cue, "b_cue": b_cue,

@@ -1,6 +1,7 @@
 """Shared test settings: offline wandb, a non-interactive plot backend, deterministic torch."""
 
 import os
+from contextlib import contextmanager
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -17,16 +18,25 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+@contextmanager
+def _single_thread():
+    """One torch thread inside, the previous count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread_module():
     """one_thread for a whole module: its module-scoped runs set up before any function-scoped fixture.
 
     Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread_module")`.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with _single_thread():
+        yield
 
 
 @pytest.fixture
@@ -35,7 +45,5 @@ def one_thread():
 
     Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with _single_thread():
+        yield
