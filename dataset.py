@@ -305,7 +305,7 @@ def style_index(label: str | None) -> int:
     return STYLE_LABELS.index(label) if label in STYLE_LABELS else -1
 
 
-TEACHERS = ("sample", "select")
+TEACHERS = ("sample", "select", "decide")  # see SyntheticDataset
 
 
 def quality_judge(stems_a, stems_b, context):
@@ -327,8 +327,11 @@ class SyntheticDataset(Dataset):
     """Synthetic pairs made on the fly (no disk): two synth tracks, B at A's tempo in a compatible key,
     a teacher recipe's curves. Item i is the same every time (seeded by (seed, i, epoch)); call
     `set_epoch` for fresh pairs each epoch. `cache` keeps made items in memory (features are small).
-    teacher: "sample" draws the recipe from `weights`; "select" renders a shortlist and keeps the best by
-    evaluate.py's composite (data.transitions.select_recipe; ~4 renders per item, so slower to make).
+    teacher: "sample" draws the recipe from `weights`; "select" renders one random draw of each recipe of a
+    shortlist and keeps the best by evaluate.py's composite (data.transitions.select_recipe; ~4 renders per
+    item, so slower to make); "decide" lets plain facts of the clips pick the move
+    (data.transitions.choose_recipe) and makes every detail its typical choice (TypicalChoices), so the
+    curves are a function of the music alone (learnable from it; as fast as "sample").
     style_forced: items say so ("style_forced": True) and training never hides their style label: pairs whose
     recipe was imposed teach `--style`, not what the music would choose.
     """
@@ -373,7 +376,8 @@ class SyntheticDataset(Dataset):
                                    duration=self.track_duration, bpm=truth_a["bpm"],
                                    key_index=_compatible_key(rng, truth_a["key_index"]))
         pair = pair_from_tracks(track_a.stems, truth_a, track_b.stems, track_b.truth, rng, n_frames=self.n_frames,
-                                weights=self.weights, select=quality_judge if self.teacher == "select" else None)
+                                weights=self.weights, select=quality_judge if self.teacher == "select" else None,
+                                decide=self.teacher == "decide")
         stems_a, stems_b = torch.from_numpy(pair.stems_a), torch.from_numpy(pair.stems_b)
         duration = pair.context.duration
         feats = []

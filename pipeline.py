@@ -139,7 +139,7 @@ def _make_pair(job: dict) -> tuple[str, str | None]:
         plan = select_cues(tracks[0].analysis, tracks[1].analysis, bars=bars) if job["a"].path is None else None
         select = quality_judge if job["teacher"] == "select" else None
         pair = build_pair(tracks[0], tracks[1], rng, n_frames=job["n_frames"], bars=bars,
-                          cache_dir=job["cache_dir"], plan=plan, select=select)
+                          cache_dir=job["cache_dir"], plan=plan, select=select, decide=job["teacher"] == "decide")
         pair.meta["kind"] = "synthetic"
         pair.meta["format_version"] = FORMAT_VERSION
         write_pair(out, pair)
@@ -354,9 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-frames", type=int, default=128, help="curve frames per clip")
     parser.add_argument("--duration", type=float, default=150.0, help="mean length of synthetic tracks (s)")
     parser.add_argument("--cache-dir", default=None, help="stem cache (default $DJMIX_CACHE or ~/.cache/djmix)")
-    parser.add_argument("--teacher", choices=("select", "sample"), default="select",
-                        help="teacher curves: the best of a recipe shortlist by evaluate.py's composite (default) "
-                             "or a recipe drawn at random (faster)")
+    parser.add_argument("--teacher", choices=("select", "decide", "sample"), default="select",
+                        help="teacher curves: the best of a recipe shortlist (one random draw each) by evaluate.py's "
+                             "composite (default); 'decide': plain facts of the clips pick the move and every detail "
+                             "takes its typical value, so the curves follow the music alone; 'sample': a recipe drawn "
+                             "at random (faster)")
     real = parser.add_argument_group("real transitions (--transitions)")
     real.add_argument("--fit-steps", type=int, default=40, help="Adam steps of each curve fit")
     real.add_argument("--min-snr", type=float, default=10.0, help="reject fits below this SNR against the excerpt (dB)")

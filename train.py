@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from dataset import STYLE_LABELS, KindWeighted, SyntheticDataset, TransitionDataset, augment_item, collate
+from dataset import STYLE_LABELS, TEACHERS, KindWeighted, SyntheticDataset, TransitionDataset, augment_item, collate
 from effects.params import FULL, get_layout
 from model import (
     CheckpointError,
@@ -100,13 +100,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--synthetic-cache", type=Path,
                    help="folder that keeps made synthetic pairs (shared by runs, ranks and workers; with the "
                         "audio loss each pair holds its stems, tens of MB)")
-    g.add_argument("--teacher", choices=("sample", "select"),
-                   help="synthetic teacher: 'sample' draws a recipe (default, fast); 'select' renders a shortlist "
-                        "and keeps the best by evaluate.py's composite, so the music decides (~4 renders a pair)")
+    g.add_argument("--teacher", choices=TEACHERS,
+                   help="synthetic teacher: 'sample' draws a recipe (default, fast); 'select' renders a random draw "
+                        "of each recipe of a shortlist and keeps the best by evaluate.py's composite, so the music "
+                        "picks the move (~4 renders a pair); 'decide': plain facts of the clips pick the move and "
+                        "every detail takes its typical value, so the curves are a function of the music alone")
     g.add_argument("--style-share", type=float,
-                   help="with --teacher select: this share of extra synthetic pairs (another seed) get a recipe drawn "
-                        "from the whole mixture and always show their style label, so every --style is learnt while "
-                        "the style-free model learns the music's choice (default 0)")
+                   help="with --teacher select or decide: this share of extra synthetic pairs (another seed) get "
+                        "a recipe drawn from the whole mixture and always show their style label, so every --style "
+                        "is learnt while the style-free model learns the music's choice (default 0)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="window jitter and per-track gain, seeded by (seed, epoch, index) (default: on for --data)")
     g.add_argument("--num-workers", type=int, help="DataLoader worker processes (config train.num_workers)")

@@ -12,9 +12,10 @@ Steps:
    - mean curve: the per-frame, per-parameter mean of the TRAIN curves, the best input-independent
      prediction under MSE. Its error is the baseline of every ratio. The mean curve of the pair's
      recipe (style label) is reported too: the best prediction from the style label alone, without audio.
-   - "+ style" rows give the model the pair's recipe label (its optional style conditioning). The teacher
-     draws the recipe at random, so without the label E[curves | A, B] is a mixture over recipes; with it,
-     what remains to learn is where in the clip each move lands, which the audio decides.
+   - "+ style" rows give the model the pair's recipe label (its optional style conditioning). With
+     --teacher sample the recipe is drawn at random, so without the label E[curves | A, B] is a mixture
+     over recipes; with --teacher decide the move and its details follow plain facts of the audio
+     (data.transitions.choose_recipe, TypicalChoices), so the audio alone can tell the answer.
    - x0 at pure noise (t = T-1): the network's one-shot estimate of E[curves | A, B], conditioned and with the
      NULL conditioning (the same network made input-independent). This is the fair "learns from input"
      metric: a regression target, directly comparable to the mean curve.
@@ -51,7 +52,7 @@ if str(ROOT) not in sys.path:
 
 import train as train_cli  # noqa: E402
 from data import transitions as T  # noqa: E402
-from dataset import SyntheticDataset, collate  # noqa: E402
+from dataset import TEACHERS, SyntheticDataset, collate  # noqa: E402
 from effects.params import FULL, get_layout  # noqa: E402
 from model import load_model  # noqa: E402
 from model.checkpoint import read_checkpoint  # noqa: E402
@@ -302,8 +303,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", action="append", default=[], help="train.py --config override (repeatable)")
     p.add_argument("--track-duration", type=float, default=40.0, help="seconds of each synthetic track")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--teacher", choices=("sample", "select"), default="sample",
-                   help="train.py --teacher: recipes drawn at random, or selected by quality (the music decides)")
+    p.add_argument("--teacher", choices=TEACHERS, default="sample",
+                   help="train.py --teacher: recipes drawn at random, selected by quality (the music picks the move), "
+                        "or decided (selected, with each recipe's typical choices: a function of the music)")
     p.add_argument("--style-share", type=float, default=0.0,
                    help="train.py --style-share: extra pairs with an imposed, always-shown recipe label")
     p.add_argument("--cache", type=Path, default=Path("/tmp/djmix_learn_cache"), help="pairs made once, reused")

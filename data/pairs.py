@@ -18,7 +18,7 @@ import torch
 from data.analysis import ENERGY_RATE, Section, TrackAnalysis, energy_curve, integrated_loudness
 from data.cues import CuePlan, beatmatch, bpm_compatibility, camelot_compatibility, plan_transition
 from data.stems import Separator, separate_windows
-from data.transitions import context_from_analyses, teacher_curves
+from data.transitions import choose_recipe, context_from_analyses, teacher_curves
 from effects.mixer import DifferentiableDJMixer
 from effects.params import FULL, SAMPLE_RATE
 
@@ -148,12 +148,14 @@ def build_pair(
     render: bool = True,
     plan: CuePlan | None = None,
     select=None,
+    decide: bool = False,
 ) -> Pair:
     """One labelled transition clip from two whole tracks (see the module docstring).
 
     recipe: force this teacher recipe; else select(stems_a, stems_b, ctx) -> scorer makes the teacher pick
     the best of a shortlist (data.transitions.select_recipe, e.g. with dataset.quality_judge); else a
-    recipe drawn from `weights`.
+    recipe drawn from `weights`. decide: the teacher decides instead (data.transitions.choose_recipe picks
+    the move unless `recipe` is given; every detail takes its typical value, TypicalChoices).
     """
     sr = SAMPLE_RATE
     a, b = track_a.analysis, track_b.analysis
@@ -192,8 +194,11 @@ def build_pair(
     meta_b = clip_analysis(b, offset_b, ratio, duration, valid_b)
 
     ctx = context_from_analyses(meta_a, meta_b, 0.0, 0.0, duration, blend_start, blend_end, n_frames)
+    facts = None
+    if decide and recipe is None:
+        recipe, facts = choose_recipe(stems_a, ctx, sr)
     score = select(stems_a, stems_b, ctx) if recipe is None and select is not None else None
-    label, curves, scores = teacher_curves(ctx, rng, recipe, weights, score)
+    label, curves, scores = teacher_curves(ctx, rng, recipe, weights, score, typical=decide)
     transition = None
     if render:
         mixer = mixer or DifferentiableDJMixer()
@@ -210,4 +215,6 @@ def build_pair(
     }
     if scores is not None:
         meta["teacher_scores"] = scores
+    if facts is not None:
+        meta["teacher_facts"] = facts
     return Pair(stems_a, stems_b, curves, transition, label, meta)

@@ -70,9 +70,11 @@ __all__ = [
     "VOCAL_THRESHOLD_DB",
     "TransitionContext",
     "TransitionPair",
+    "TypicalChoices",
     "bass_amplitudes",
     "bass_handover_time",
     "bass_overlap",
+    "choose_recipe",
     "context_from_analyses",
     "generate_pair",
     "pair_from_tracks",
@@ -83,6 +85,7 @@ __all__ = [
     "stem_amplitudes",
     "teacher_curves",
     "track_levels",
+    "transition_facts",
     "vocal_amplitudes",
     "vocal_overlap",
 ]
@@ -791,6 +794,51 @@ SELECTION_LABELS: tuple[str, ...] = ("bass_swap", "echo_out", "filter_sweep", "h
 Scorer = Callable[[list[np.ndarray]], Sequence[float]]
 
 
+class TypicalChoices:
+    """Stands in for a numpy Generator in the recipes and always makes the typical choice: the teacher
+    deciding instead of rolling dice, so its curves are a function of the music alone.
+
+    - choice(n, p=w): the heaviest candidate (switch points: a phrase boundary before a plain
+      downbeat), ties to the middle one; choice(n, size=k, p=w): the k heaviest, ties nearest the
+      middle; choice(options) without p: the first (recipes list the usual option first);
+    - uniform(lo, hi): the middle; random(): 0.5 (a `random() < p` branch with p <= 0.5 is not
+      taken); integers(lo, hi): lo (the first option).
+
+    What remains variable is what the music sets: the blend length and grid, where the vocals sit
+    (the vocal rule), which bass is already down (the handover is a step then) and, with
+    `choose_recipe`, which move suits the pair.
+    """
+
+    def random(self) -> float:
+        return 0.5
+
+    def uniform(self, low: float = 0.0, high: float = 1.0) -> float:
+        return 0.5 * (float(low) + float(high))
+
+    def integers(self, low: int, high: int | None = None, size=None):
+        if size is not None:
+            raise ValueError("TypicalChoices makes one choice at a time")
+        return 0 if high is None else int(low)
+
+    def choice(self, a, size=None, replace: bool = True, p=None):
+        options = np.arange(a) if isinstance(a, (int, np.integer)) else np.asarray(a)
+        if p is None:
+            if size is not None:
+                raise ValueError("TypicalChoices draws several only by weight (p)")
+            return options[0]
+        w = np.asarray(p, dtype=np.float64)
+        middle = 0.5 * (len(w) - 1)
+        order = sorted(range(len(w)), key=lambda i: (-round(w[i], 12), abs(i - middle), i))
+        if size is None:
+            return options[order[0]]
+        k = int(size)
+        return options[order[:k]] if not replace or k <= len(w) else options[[order[0]] * k]
+
+
+def _draft(label: str, ctx: TransitionContext, rng) -> np.ndarray:
+    return np.asarray(RECIPES[label](ctx, rng), np.float32)
+
+
 def select_recipe(
     ctx: TransitionContext, score: Scorer, rng: np.random.Generator, labels: Sequence[str] = SELECTION_LABELS
 ) -> tuple[str, np.ndarray, dict[str, float]]:
@@ -806,8 +854,7 @@ def select_recipe(
     if unknown or not labels:
         raise ValueError(f"unknown or no recipe label(s) {unknown or labels}; expected some of {sorted(RECIPES)}")
     seeds = rng.integers(2**31, size=len(labels))  # one stream per label: a draw does not depend on the others
-    drafts = [np.asarray(RECIPES[label](ctx, np.random.default_rng(int(seed))), np.float32)
-              for label, seed in zip(labels, seeds)]
+    drafts = [_draft(label, ctx, np.random.default_rng(int(seed))) for label, seed in zip(labels, seeds)]
     scores = [float(v) for v in score(drafts)]
     finite = [v if np.isfinite(v) else -np.inf for v in scores]
     best = int(np.argmax(finite))
@@ -816,16 +863,72 @@ def select_recipe(
 
 def teacher_curves(
     ctx: TransitionContext, rng: np.random.Generator, label: str | None = None,
-    weights: dict[str, float] | None = None, score: Scorer | None = None,
+    weights: dict[str, float] | None = None, score: Scorer | None = None, typical: bool = False,
 ) -> tuple[str, np.ndarray, dict[str, float] | None]:
     """The teacher's (label, curves [F, 58] float32, scores or None) for one clip: the recipe `label` when given,
-    else the best of the shortlist by `score` (`select_recipe`), else a recipe drawn from `weights`."""
+    else the best of the shortlist by `score` (`select_recipe`), else a recipe drawn from `weights`.
+    typical: the recipe makes its typical choices (`TypicalChoices`) instead of drawing them from `rng`."""
     if label is None and score is not None:
         return select_recipe(ctx, score, rng)
     label = label if label is not None else sample_recipe(rng, weights)
     if label not in RECIPES:
         raise ValueError(f"unknown recipe label {label!r}; expected one of {sorted(RECIPES)}")
-    return label, np.asarray(RECIPES[label](ctx, rng), dtype=np.float32), None
+    return label, _draft(label, ctx, TypicalChoices() if typical else rng), None
+
+
+# The transition-type engine of the deciding teacher ('decide'): plain facts of the two clips -> the move.
+# Levels are RMS over all stems unless named, in dB relative to the track's own level outside the blend.
+SINGS_DB = -24.0  # A's vocal stem in the blend's second half this close to A's level before: A still sings
+HOLDS_DB = 2.0  # A's second half-blend this much above its level before: A does not thin out by itself
+_FLOOR_DB = -120.0
+
+
+def transition_facts(stems_a, ctx: TransitionContext, sample_rate: int = SAMPLE_RATE) -> dict[str, float]:
+    """What the engine reads off A's clip stems [4, 2, N] (clip time, `STEMS` order), in dB:
+
+    a_vocal_late: A's vocal stem over the blend's second half re A's mix before the blend;
+    a_late: A's mix over the blend's second half re A's mix before the blend.
+    """
+    a = np.asarray(stems_a, np.float64)
+    n = a.shape[-1]
+
+    def level(x: np.ndarray, t0: float, t1: float) -> float:
+        i0, i1 = (min(n, max(0, int(round(t * sample_rate)))) for t in (t0, t1))
+        if i1 <= i0:  # an empty region (no lead-in or tail): the whole clip stands in
+            i0, i1 = 0, n
+        rms = math.sqrt(float(np.mean(np.square(x[..., i0:i1])))) if i1 > i0 else 0.0
+        return max(20.0 * math.log10(rms), _FLOOR_DB) if rms > 0 else _FLOOR_DB
+
+    def relative(x: float, ref: float) -> float:  # silence stays at the floor, whatever the reference
+        return _FLOOR_DB if x <= _FLOOR_DB else x - ref
+
+    mid = 0.5 * (ctx.blend_start + ctx.blend_end)
+    mix_a = a.sum(0)
+    a_before = level(mix_a, 0.0, ctx.blend_start)
+    return {
+        "a_vocal_late": relative(level(a[STEMS.index("vocals")], mid, ctx.blend_end), a_before),
+        "a_late": relative(level(mix_a, mid, ctx.blend_end), a_before),
+    }
+
+
+def choose_recipe(stems_a, ctx: TransitionContext, sample_rate: int = SAMPLE_RATE) -> tuple[str, dict[str, float]]:
+    """The move a DJ makes for this clip (A's stems [4, 2, N], clip time), from `transition_facts`:
+
+    A still singing late in the blend -> echo out (the echoes carry the vocal out instead of
+    chopping it under B); else A not thinning out by itself -> filter sweep (the high-pass thins
+    it); else, an outro into an intro -> the long EQ bass swap. Plain, audible facts, so a model
+    can learn the choice from the audio. (A cut is left to `--style hard_cut`: on synthetic
+    pairs, every rule tried that cut more often, or keyed on B's entry, lowered evaluate.py's mean
+    composite.) Returns (label, facts).
+    """
+    facts = transition_facts(stems_a, ctx, sample_rate)
+    if facts["a_vocal_late"] > SINGS_DB:
+        label = "echo_out"
+    elif facts["a_late"] > HOLDS_DB:
+        label = "filter_sweep"
+    else:
+        label = "bass_swap"
+    return label, facts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1097,6 +1200,7 @@ def pair_from_tracks(
     label: str | None = None,
     sample_rate: int = SAMPLE_RATE,
     select: Callable[[np.ndarray, np.ndarray, TransitionContext], Scorer] | None = None,
+    decide: bool = False,
 ) -> TransitionPair:
     """A pair from two whole tracks already at one tempo (B generated or stretched to A's BPM).
 
@@ -1107,7 +1211,9 @@ def pair_from_tracks(
     asked for fits). The clip is `lead_bars` of A alone, the blend, `tail_bars` of B alone.
     n_frames None: round(duration * frame_rate) + 1. select: with no `label`, the teacher picks by
     quality (`select_recipe`) with the scorer select(stems_a, stems_b, ctx) of the clip's windows;
-    None draws the label from `weights`.
+    decide: the teacher decides instead: the move by `choose_recipe` (unless `label` is given) and every
+    detail at its typical value (`TypicalChoices`), so the curves are a function of the music alone;
+    neither draws the label from `weights`.
     """
     bpm_a, bpm_b = float(_get(analysis_a, "bpm")), float(_get(analysis_b, "bpm"))
     if abs(bpm_b / bpm_a - 1.0) > 1e-3:
@@ -1132,14 +1238,19 @@ def pair_from_tracks(
     ctx = context_from_analyses(analysis_a, analysis_b, offset_a, offset_b, duration, lead, lead + blend, frames)
     window_a = _window_of(stems_a, int(round(offset_a * sample_rate)), n)
     window_b = _window_of(stems_b, int(round(offset_b * sample_rate)), n)
+    facts = None
+    if decide and label is None:
+        label, facts = choose_recipe(window_a, ctx, sample_rate)
     score = select(window_a, window_b, ctx) if label is None and select is not None else None
-    label, curves, scores = teacher_curves(ctx, rng, label, weights, score)
+    label, curves, scores = teacher_curves(ctx, rng, label, weights, score, typical=decide)
     info = {
         "recipe": label, "bpm": bpm_a, "blend_bars": bars, "lead_bars": lead_bars, "tail_bars": tail_bars,
         "offset_a": offset_a, "offset_b": offset_b, "a_cue": a_cue, "b_cue": b_cue,
     }
     if scores is not None:
         info["teacher_scores"] = scores
+    if facts is not None:
+        info["teacher_facts"] = facts
     return TransitionPair(stems_a=window_a, stems_b=window_b, curves=curves, label=label, context=ctx, bpm=bpm_a,
                           info=info)
 

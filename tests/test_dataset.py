@@ -1,6 +1,7 @@
 """dataset.py: features on the curve grid, the on-the-fly synthetic dataset, augmentation, collate."""
 
 import numpy as np
+import pytest
 import torch
 
 from dataset import STYLE_LABELS, SyntheticDataset, augment_item, build_track_features, collate, frame_times
@@ -38,6 +39,13 @@ def test_synthetic_dataset_is_deterministic_and_labelled():
     assert 0 <= first["style"] < len(STYLE_LABELS)
     ds.set_epoch(1)
     assert not torch.equal(first["curves"], ds[0]["curves"])
+
+
+def test_synthetic_dataset_teachers():
+    decided = SyntheticDataset(length=2, seed=1, n_frames=48, track_duration=30.0, cache=False, teacher="decide")
+    assert {STYLE_LABELS[decided[i]["style"]] for i in range(2)} <= {"bass_swap", "echo_out", "filter_sweep"}
+    with pytest.raises(ValueError, match="teacher"):
+        SyntheticDataset(length=1, teacher="guess")
 
 
 def test_augment_and_collate():

@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 
 import pipeline
+from data import transitions as T
 from data.cues import select_cues
 from data.pairs import Track, analysis_from_truth, build_pair, pick_pairs
 from data.stems import OracleSeparator, load_stems
@@ -59,6 +60,16 @@ def test_build_pair_is_beat_locked_and_consistent():
     tracks = pair.meta["tracks"]
     assert tracks["b"]["bpm"] == pytest.approx(tracks["a"]["bpm"], rel=1e-3)
     assert all(0 <= t <= clip["duration"] for t in tracks["b"]["downbeats"])
+
+
+def test_build_pair_with_a_deciding_teacher():
+    a, b = _track(11, 124.0, 9), _track(12, 126.5, 9)
+    plan = select_cues(a.analysis, b.analysis, bars=8)
+    pairs = [build_pair(a, b, np.random.default_rng(seed), n_frames=64, bars=8, plan=plan, render=False, decide=True)
+             for seed in (0, 1)]
+    label, facts = T.choose_recipe(pairs[0].stems_a, T.TransitionContext.from_dict(pairs[0].meta["context"]))
+    assert pairs[0].recipe == label and pairs[0].meta["teacher_facts"] == pytest.approx(facts)
+    assert np.array_equal(pairs[0].curves, pairs[1].curves)  # the music decides, not the rng
 
 
 def test_pick_pairs_respects_tempo_and_uses_each_track_once():
@@ -139,7 +150,9 @@ def test_all_to_puts_every_pair_in_one_split(tmp_path):
     """--all-to test: a held-out evaluation set (another --seed), every pair in the test split, --max pairs."""
     out = tmp_path / "heldout"
     args = ["--synthetic", "4", "--output", str(out), "--max", "1", "--duration", "40", "--bars", "4",
-            "--n-frames", "32", "--seed", "5", "--all-to", "test"]
+            "--n-frames", "32", "--seed", "5", "--all-to", "test", "--teacher", "decide"]
     assert pipeline.main(args) == 0
     pairs = read_manifest(out)["pairs"]
     assert len(pairs) == 1 and {p["split"] for p in pairs} == {"test"}
+    meta = json.loads((out / pairs[0]["path"] / "analysis.json").read_text())
+    assert set(meta["teacher_facts"]) == {"a_vocal_late", "a_late"} and "teacher_scores" not in meta

@@ -34,11 +34,14 @@ def contexts():
     return out
 
 
-@pytest.fixture(scope="module")
-def drawn(contexts):
-    """{(context index, label): curves} for every context and recipe."""
-    return {(i, label): fn(ctx, np.random.default_rng(7 * i + 1))
-            for i, ctx in enumerate(contexts) for label, fn in T.RECIPES.items()}
+@pytest.fixture(scope="module", params=["random", "typical"])
+def drawn(request, contexts):
+    """{(context index, label): curves} for every context and recipe: random draws, then the typical
+    choices (`TypicalChoices`, the 'decide' teacher); every rule test runs on both."""
+    def choices(i):
+        return np.random.default_rng(7 * i + 1) if request.param == "random" else T.TypicalChoices()
+
+    return {(i, label): fn(ctx, choices(i)) for i, ctx in enumerate(contexts) for label, fn in T.RECIPES.items()}
 
 
 def grid_context(bpm=200.0, lead_beats=2, blend_bars=1, tail_beats=2, fps=40.0, vocals_a=None, vocals_b=None):
@@ -224,6 +227,32 @@ def test_recipes_are_deterministic_given_the_rng(contexts):
     assert len(variants) > 1  # randomised within the rules
 
 
+def test_typical_choices_are_the_heaviest_middle_and_first_options():
+    c = T.TypicalChoices()
+    assert c.choice(4, p=[0.1, 0.4, 0.4, 0.1]) == 1  # heaviest, ties to the middle (then the earlier)
+    assert c.choice(5, p=[0.3, 0.1, 0.3, 0.0, 0.3]) == 2
+    assert list(c.choice(5, size=2, replace=False, p=[0.3, 0.1, 0.3, 0.0, 0.3])) == [2, 0]
+    assert c.choice(["power", "smooth"]) == "power" and c.choice([1, 2, 4]) == 1
+    assert c.uniform(0.25, 1.0) == 0.625 and c.random() == 0.5 and c.integers(2) == 0 and c.integers(1, 3) == 1
+
+
+def test_typical_choices_make_the_curves_a_function_of_the_music(contexts):
+    ctx = contexts[1]
+    for label, fn in T.RECIPES.items():
+        assert np.array_equal(fn(ctx, T.TypicalChoices()), fn(ctx, T.TypicalChoices())), label
+    # the teacher ignores its rng, and the vocals (the music) still move the vocal handover
+    first = T.teacher_curves(ctx, np.random.default_rng(0), "echo_out", typical=True)
+    second = T.teacher_curves(ctx, np.random.default_rng(1), "echo_out", typical=True)
+    assert np.array_equal(first[1], second[1])
+    early = grid_context(bpm=124.0, blend_bars=8, fps=25.0, vocals_a=[(0.0, 5.0)], vocals_b=[(3.0, 30.0)])
+    late = grid_context(bpm=124.0, blend_bars=8, fps=25.0, vocals_a=[(0.0, 15.5)], vocals_b=[(13.0, 30.0)])
+    handover = [T.bass_swap(c, T.TypicalChoices())[:, col("b.vocals.gain")] for c in (early, late)]
+    rise = [c.frame_times[np.flatnonzero(h < 1e-6)[-1]] for c, h in zip((early, late), handover)]
+    assert rise[1] - rise[0] > 2 * 4 * 60.0 / 124.0  # B's vocal comes in bars later when A sings longer
+    for c, r in zip((early, late), rise):
+        assert T.vocal_overlap(T.bass_swap(c, T.TypicalChoices()), c) == 0.0 and r >= c.blend_start
+
+
 def test_sample_recipe_honours_weights():
     rng = np.random.default_rng(0)
     weights = {"hard_cut": 1.0, "echo_out": 3.0, "bass_swap": 0.0}
@@ -318,3 +347,42 @@ def test_pair_from_tracks_cues_forced_labels_and_errors():
         T.pair_from_tracks(stems, grid, stems, {**grid, "bpm": 126.0}, np.random.default_rng(0))
     with pytest.raises(ValueError, match="too short"):
         T.pair_from_tracks(stems, {**grid, "duration": 3.0}, stems, grid, np.random.default_rng(0))
+
+
+# 6. the deciding teacher ------------------------------------------------------------------------------
+def _a_stems(ctx, parts, vocal_late=0.0):
+    """A's [4, 2, N] stems: drum noise at `parts` amplitudes (before, early, late, after the blend's
+    two halves), its vocal stem at `vocal_late` over the blend's second half."""
+    n = int(round(ctx.duration * SR))
+    t = np.arange(n) / SR
+    mid = 0.5 * (ctx.blend_start + ctx.blend_end)
+    region = np.digitize(t, [ctx.blend_start, mid, ctx.blend_end])
+    rng = np.random.default_rng(0)
+    stems = np.zeros((4, 2, n), np.float32)
+    stems[0] = 0.1 * rng.standard_normal((2, n)) * np.asarray(parts)[region]
+    stems[2] = 0.1 * rng.standard_normal((2, n)) * vocal_late * ((t >= mid) & (t < ctx.blend_end))
+    return stems
+
+
+@pytest.mark.parametrize("parts, vocal, expected", [
+    ((1.0, 1.0, 0.0, 0.0), 0.3, "echo_out"),  # A still sings late in the blend
+    ((1.0, 1.5, 1.5, 0.0), 0.0, "filter_sweep"),  # A does not thin out
+    ((1.0, 0.7, 0.4, 0.0), 0.0, "bass_swap"),  # an outro into an intro
+    ((1.0, 0.7, 0.4, 0.0), 0.01, "bass_swap"),  # a vocal 40 dB down is not singing
+])
+def test_choose_recipe_reads_the_move_off_the_stems(parts, vocal, expected):
+    ctx = grid_context(bpm=128.0, lead_beats=8, blend_bars=4, tail_beats=8, fps=25.0)
+    stems = _a_stems(ctx, parts, vocal)
+    label, facts = T.choose_recipe(stems, ctx)
+    assert label == expected, facts
+    assert set(facts) == {"a_vocal_late", "a_late"} and all(np.isfinite(list(facts.values())))
+    assert T.choose_recipe(np.zeros_like(stems), ctx)[0] == "bass_swap"  # silence: no crash, a blend
+
+
+def test_a_deciding_teacher_gives_the_same_pair_whatever_its_rng():
+    kwargs = dict(track_duration=14.0, blend_bars=2, lead_bars=1, tail_bars=1, n_frames=64, decide=True)
+    first, second = T.generate_pair(4, **kwargs), T.generate_pair(4, **kwargs)
+    assert first.label == T.choose_recipe(first.stems_a, first.context)[0]
+    assert first.info["teacher_facts"] == second.info["teacher_facts"] and np.array_equal(first.curves, second.curves)
+    typical = T.RECIPES[first.label](first.context, T.TypicalChoices())
+    assert np.array_equal(first.curves, typical)
