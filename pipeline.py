@@ -5,9 +5,10 @@
     python pipeline.py --transitions ~/mixes/transitions --output processed     # real DJ transitions
 
 Tracks are split into train/val/test *by track* (no track appears in two splits); pairs are drawn
-within a split between tempo- and key-compatible tracks. The teacher curves of a pair are the best of
-a recipe shortlist under evaluate.py's composite on the pair's own stems (`--teacher select`), so the
-music decides the move; `--teacher sample` draws a recipe instead. Finished pairs are skipped when the
+within a split between tempo- and key-compatible tracks. The teacher decides a pair's curves from plain
+facts of its music (`--teacher decide`, data.transitions.choose_recipe and TypicalChoices); `--teacher
+select` keeps the best of a recipe shortlist under evaluate.py's composite on the pair's own stems;
+`--teacher sample` draws a recipe. Finished pairs are skipped when the
 command runs again (each pair folder appears atomically); unreadable files are reported, skipped
 and summarised at the end.
 
@@ -354,11 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-frames", type=int, default=128, help="curve frames per clip")
     parser.add_argument("--duration", type=float, default=150.0, help="mean length of synthetic tracks (s)")
     parser.add_argument("--cache-dir", default=None, help="stem cache (default $DJMIX_CACHE or ~/.cache/djmix)")
-    parser.add_argument("--teacher", choices=("select", "decide", "sample"), default="select",
-                        help="teacher curves: the best of a recipe shortlist (one random draw each) by evaluate.py's "
-                             "composite (default); 'decide': plain facts of the clips pick the move and every detail "
-                             "takes its typical value, so the curves follow the music alone; 'sample': a recipe drawn "
-                             "at random (faster)")
+    parser.add_argument("--teacher", choices=("decide", "select", "sample"), default="decide",
+                        help="teacher curves: 'decide' (default): plain facts of the clips pick the move and every "
+                             "detail takes its typical value, so the curves follow the music alone (a model can learn "
+                             "them); 'select': the best of a recipe shortlist (one random draw each) by evaluate.py's "
+                             "composite (4 renders a pair); 'sample': a recipe and its details drawn at random")
     real = parser.add_argument_group("real transitions (--transitions)")
     real.add_argument("--fit-steps", type=int, default=40, help="Adam steps of each curve fit")
     real.add_argument("--min-snr", type=float, default=10.0, help="reject fits below this SNR against the excerpt (dB)")

@@ -75,7 +75,7 @@ STYLE_SEED_OFFSET = 2_000_029  # ... and the style-forced pairs' (--style-share)
 # Run flags (not config fields) that a resumed run takes from its checkpoint unless given again.
 RUN_DEFAULTS: dict[str, Any] = {
     "data": None, "synthetic": False, "synthetic_length": 2048, "synthetic_val_length": 64, "track_duration": 40.0,
-    "synthetic_fixed": False, "synthetic_cache": None, "teacher": "sample", "style_share": 0.0,
+    "synthetic_fixed": False, "synthetic_cache": None, "teacher": "decide", "style_share": 0.0,
     "augment": None, "grad_accum": 1, "amp": False,
     "val_every": 1000, "keep": 3, "sample_steps": 25, "wandb": None, "kind_weights": None, "audio_loss_on": "all",
 }
@@ -101,10 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder that keeps made synthetic pairs (shared by runs, ranks and workers; with the "
                         "audio loss each pair holds its stems, tens of MB)")
     g.add_argument("--teacher", choices=TEACHERS,
-                   help="synthetic teacher: 'sample' draws a recipe (default, fast); 'select' renders a random draw "
-                        "of each recipe of a shortlist and keeps the best by evaluate.py's composite, so the music "
-                        "picks the move (~4 renders a pair); 'decide': plain facts of the clips pick the move and "
-                        "every detail takes its typical value, so the curves are a function of the music alone")
+                   help="synthetic teacher: 'decide' (default): plain facts of the clips pick the move and every "
+                        "detail takes its typical value, so the curves are a function of the music alone (learnable); "
+                        "'select' renders a random draw of each recipe of a shortlist and keeps the best by "
+                        "evaluate.py's composite (~4 renders a pair); 'sample' draws a recipe and its details")
     g.add_argument("--style-share", type=float,
                    help="with --teacher select or decide: this share of extra synthetic pairs (another seed) get "
                         "a recipe drawn from the whole mixture and always show their style label, so every --style "

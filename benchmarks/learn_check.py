@@ -303,7 +303,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", action="append", default=[], help="train.py --config override (repeatable)")
     p.add_argument("--track-duration", type=float, default=40.0, help="seconds of each synthetic track")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--teacher", choices=TEACHERS, default="sample",
+    p.add_argument("--teacher", choices=TEACHERS, default="decide",
                    help="train.py --teacher: recipes drawn at random, selected by quality (the music picks the move), "
                         "or decided (selected, with each recipe's typical choices: a function of the music)")
     p.add_argument("--style-share", type=float, default=0.0,
