@@ -226,20 +226,22 @@ class _TimedSeparator(Separator):
 
 
 @contextlib.contextmanager
-def _single_thread_on_cpu(device: torch.device):
-    """One torch thread while it lasts, on the CPU. DDIM runs 50 sequential steps of a few-million-parameter
-    denoiser on 64 tokens: latency-bound matrices far too small for a thread pool, whose spinning workers
-    then only compete (a 'small' model's 50 steps: 27 s on two threads vs 2.2 s on one, on a loaded
-    2-core machine)."""
-    if device.type != "cpu":
-        yield
-        return
+def single_thread():
+    """One torch thread while it lasts, the previous count restored after."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _single_thread_on_cpu(device: torch.device):
+    """One torch thread while it lasts, on the CPU. DDIM runs 50 sequential steps of a few-million-parameter
+    denoiser on 64 tokens: latency-bound matrices far too small for a thread pool, whose spinning workers
+    then only compete (a 'small' model's 50 steps: 27 s on two threads vs 2.2 s on one, on a loaded
+    2-core machine)."""
+    return single_thread() if device.type == "cpu" else contextlib.nullcontext()
 
 
 class RulePlanner:

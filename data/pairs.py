@@ -18,7 +18,7 @@ import torch
 from data.analysis import ENERGY_RATE, Section, TrackAnalysis, energy_curve, integrated_loudness
 from data.cues import CuePlan, beatmatch, bpm_compatibility, camelot_compatibility, plan_transition
 from data.stems import Separator, separate_windows
-from data.transitions import choose_recipe, context_from_analyses, teacher_curves
+from data.transitions import clip_teacher, context_from_analyses
 from effects.mixer import DifferentiableDJMixer
 from effects.params import FULL, SAMPLE_RATE
 
@@ -194,11 +194,7 @@ def build_pair(
     meta_b = clip_analysis(b, offset_b, ratio, duration, valid_b)
 
     ctx = context_from_analyses(meta_a, meta_b, 0.0, 0.0, duration, blend_start, blend_end, n_frames)
-    facts = None
-    if decide and recipe is None:
-        recipe, facts = choose_recipe(stems_a, ctx, sr)
-    score = select(stems_a, stems_b, ctx) if recipe is None and select is not None else None
-    label, curves, scores = teacher_curves(ctx, rng, recipe, weights, score, typical=decide)
+    label, curves, notes = clip_teacher(stems_a, stems_b, ctx, rng, recipe, weights, select, decide, sr)
     transition = None
     if render:
         mixer = mixer or DifferentiableDJMixer()
@@ -213,8 +209,5 @@ def build_pair(
                    "b": {"id": track_b.id, "source": track_b.source, **meta_b}},
         "plan": plan.to_dict(), "context": ctx.to_dict(),
     }
-    if scores is not None:
-        meta["teacher_scores"] = scores
-    if facts is not None:
-        meta["teacher_facts"] = facts
+    meta.update(notes)
     return Pair(stems_a, stems_b, curves, transition, label, meta)

@@ -75,6 +75,7 @@ __all__ = [
     "bass_handover_time",
     "bass_overlap",
     "choose_recipe",
+    "clip_teacher",
     "context_from_analyses",
     "generate_pair",
     "pair_from_tracks",
@@ -879,6 +880,27 @@ def teacher_curves(
     return label, _draft(label, ctx, TypicalChoices() if typical else rng), None
 
 
+def clip_teacher(
+    stems_a, stems_b, ctx: TransitionContext, rng: np.random.Generator, label: str | None = None,
+    weights: dict[str, float] | None = None, select: Callable | None = None, decide: bool = False,
+    sample_rate: int = SAMPLE_RATE,
+) -> tuple[str, np.ndarray, dict]:
+    """The teacher of one clip (stems [4, 2, N] in clip time): (label, curves [F, 58] float32, notes).
+
+    label: this recipe; else decide: `choose_recipe` picks it (and every detail is typical); else
+    select(stems_a, stems_b, ctx) -> scorer: the best of the shortlist (`select_recipe`); else drawn
+    from `weights`. notes: {"teacher_facts": ...} or {"teacher_scores": ...} for analysis.json, or {}.
+    """
+    notes: dict = {}
+    if decide and label is None:
+        label, notes["teacher_facts"] = choose_recipe(stems_a, ctx, sample_rate)
+    score = select(stems_a, stems_b, ctx) if label is None and select is not None else None
+    label, curves, scores = teacher_curves(ctx, rng, label, weights, score, typical=decide)
+    if scores is not None:
+        notes["teacher_scores"] = scores
+    return label, curves, notes
+
+
 # The transition-type engine of the deciding teacher ('decide'): plain facts of the two clips -> the move.
 # Levels are RMS over all stems unless named, in dB relative to the track's own level outside the blend.
 SINGS_DB = -24.0  # A's vocal stem in the blend's second half this close to A's level before: A still sings
@@ -1241,19 +1263,12 @@ def pair_from_tracks(
     ctx = context_from_analyses(analysis_a, analysis_b, offset_a, offset_b, duration, lead, lead + blend, frames)
     window_a = _window_of(stems_a, int(round(offset_a * sample_rate)), n)
     window_b = _window_of(stems_b, int(round(offset_b * sample_rate)), n)
-    facts = None
-    if decide and label is None:
-        label, facts = choose_recipe(window_a, ctx, sample_rate)
-    score = select(window_a, window_b, ctx) if label is None and select is not None else None
-    label, curves, scores = teacher_curves(ctx, rng, label, weights, score, typical=decide)
+    label, curves, notes = clip_teacher(window_a, window_b, ctx, rng, label, weights, select, decide, sample_rate)
     info = {
         "recipe": label, "bpm": bpm_a, "blend_bars": bars, "lead_bars": lead_bars, "tail_bars": tail_bars,
         "offset_a": offset_a, "offset_b": offset_b, "a_cue": a_cue, "b_cue": b_cue,
     }
-    if scores is not None:
-        info["teacher_scores"] = scores
-    if facts is not None:
-        info["teacher_facts"] = facts
+    info.update(notes)
     return TransitionPair(stems_a=window_a, stems_b=window_b, curves=curves, label=label, context=ctx, bpm=bpm_a,
                           info=info)
 
