@@ -306,6 +306,9 @@ def style_index(label: str | None) -> int:
 
 
 TEACHERS = ("sample", "select", "decide")  # see SyntheticDataset
+# Bumped when a teacher's curves change for the same seed, so caches of made pairs are not reused across the change
+# (decide 2: the deciding teacher rides the master through the blend, data.transitions.ride_gain).
+TEACHER_REVISIONS = {"sample": 1, "select": 1, "decide": 2}
 
 
 def quality_judge(stems_a, stems_b, context):
@@ -330,8 +333,9 @@ class SyntheticDataset(Dataset):
     teacher: "sample" draws the recipe from `weights`; "select" renders one random draw of each recipe of a
     shortlist and keeps the best by evaluate.py's composite (data.transitions.select_recipe; ~4 renders per
     item, so slower to make); "decide" lets plain facts of the clips pick the move
-    (data.transitions.choose_recipe) and makes every detail its typical choice (TypicalChoices), so the
-    curves are a function of the music alone (learnable from it; as fast as "sample").
+    (data.transitions.choose_recipe), makes every detail its typical choice (TypicalChoices) and rides the
+    master where the blend would sag (data.transitions.ride_gain, one render), so the curves are a function of
+    the music alone (learnable from it).
     style_forced: items say so ("style_forced": True) and training never hides their style label: pairs whose
     recipe was imposed teach `--style`, not what the music would choose.
     """

@@ -6,7 +6,8 @@
 
 Tracks are split into train/val/test *by track* (no track appears in two splits); pairs are drawn
 within a split between tempo- and key-compatible tracks. The teacher decides a pair's curves from plain
-facts of its music (`--teacher decide`, data.transitions.choose_recipe and TypicalChoices); `--teacher
+facts of its music (`--teacher decide`, data.transitions.choose_recipe and TypicalChoices) and rides the master
+where the blend would sag (data.transitions.ride_gain); `--teacher
 select` keeps the best of a recipe shortlist under evaluate.py's composite on the pair's own stems;
 `--teacher sample` draws a recipe. Finished pairs are skipped when the
 command runs again (each pair folder appears atomically); unreadable files are reported, skipped
@@ -358,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher", choices=("decide", "select", "sample"), default="decide",
                         help="teacher curves: 'decide' (default): plain facts of the clips pick the move and every "
                              "detail takes its typical value, so the curves follow the music alone (a model can learn "
-                             "them); 'select': the best of a recipe shortlist (one random draw each) by evaluate.py's "
+                             "them), and the master rides up where the blend would sag; 'select': the best of a recipe shortlist (one random draw each) by evaluate.py's "
                              "composite (4 renders a pair); 'sample': a recipe and its details drawn at random")
     real = parser.add_argument_group("real transitions (--transitions)")
     real.add_argument("--fit-steps", type=int, default=40, help="Adam steps of each curve fit")

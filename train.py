@@ -50,7 +50,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from dataset import STYLE_LABELS, TEACHERS, KindWeighted, SyntheticDataset, TransitionDataset, augment_item, collate
+from dataset import (
+    STYLE_LABELS,
+    TEACHER_REVISIONS,
+    TEACHERS,
+    KindWeighted,
+    SyntheticDataset,
+    TransitionDataset,
+    augment_item,
+    collate,
+)
 from effects.params import FULL, get_layout
 from model import (
     CheckpointError,
@@ -337,6 +346,8 @@ def make_datasets(args: argparse.Namespace, cfg: Config) -> tuple[PairItems, Pai
                    "track_duration": args.track_duration, "with_audio": audio}
             if args.teacher != "sample" and not forced:  # sampled sets keep their old key: their caches stay valid
                 key["teacher"] = args.teacher
+                if TEACHER_REVISIONS[args.teacher] > 1:
+                    key["teacher_revision"] = TEACHER_REVISIONS[args.teacher]
             if forced:
                 key["style_forced"] = True
             digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
 
 import train as train_cli  # noqa: E402
 from data import transitions as T  # noqa: E402
-from dataset import TEACHERS, SyntheticDataset, collate  # noqa: E402
+from dataset import TEACHER_REVISIONS, TEACHERS, SyntheticDataset, collate  # noqa: E402
 from effects.params import FULL, get_layout  # noqa: E402
 from model import load_model  # noqa: E402
 from model.checkpoint import read_checkpoint  # noqa: E402
@@ -135,7 +135,9 @@ def prepare_data(args: argparse.Namespace) -> tuple[list[dict], list[dict], obje
     m = cfg.model
     eval_dir = Path(args.cache) / (f"learn_check_eval_s{args.seed + EVAL_SEED_OFFSET}_F{m.n_frames}_M{m.n_mels}"
                                    f"_d{args.track_duration:g}"
-                                   + ("" if args.teacher == "sample" else f"_{args.teacher}"))
+                                   + ("" if args.teacher == "sample" else f"_{args.teacher}")
+                                   + (f"_r{TEACHER_REVISIONS[args.teacher]}" if TEACHER_REVISIONS[args.teacher] > 1
+                                      else ""))
     eval_dir.mkdir(parents=True, exist_ok=True)
     _WORK.update(train=train_set, eval_dir=eval_dir,
                  eval=ContextSynthetic(length=args.eval_pairs, seed=args.seed + EVAL_SEED_OFFSET, n_frames=m.n_frames,

@@ -40,7 +40,11 @@ measure on any curves, teacher or model):
   activity unknown (None) the incoming vocal stays down until the outgoing one is out, and an echo
   or reverb tail of the outgoing vocal counts as audible until it dies away;
 - never two full basses: the two bass stems' low-band amplitudes (fader x EQ x filters x track
-  level) sum to at most 1.1, except for one equal-power handover window of at most one beat.
+  level) sum to at most 1.1 (of the louder track's level where a master lift puts that above
+  unity), except for one equal-power handover window of at most one beat.
+
+The deciding teacher then rides the master (`ride_gain`): up, inside the blend only, wherever the
+rendered mix would sag below the energy-fair loudness path between the two tracks, keeping both rules.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -81,6 +86,7 @@ __all__ = [
     "pair_from_tracks",
     "random_context",
     "render_transition",
+    "ride_gain",
     "sample_recipe",
     "select_recipe",
     "stem_amplitudes",
@@ -889,16 +895,113 @@ def clip_teacher(
 
     label: this recipe; else decide: `choose_recipe` picks it (and every detail is typical); else
     select(stems_a, stems_b, ctx) -> scorer: the best of the shortlist (`select_recipe`); else drawn
-    from `weights`. notes: {"teacher_facts": ...} or {"teacher_scores": ...} for analysis.json, or {}.
+    from `weights`. A deciding teacher also rides the master through the blend (`ride_gain`).
+    notes for analysis.json: "teacher_facts" and "teacher_ride_db" (its largest lift), or "teacher_scores", or none.
     """
     notes: dict = {}
     if decide and label is None:
         label, notes["teacher_facts"] = choose_recipe(stems_a, ctx, sample_rate)
     score = select(stems_a, stems_b, ctx) if label is None and select is not None else None
     label, curves, scores = teacher_curves(ctx, rng, label, weights, score, typical=decide)
+    if decide:
+        ridden = ride_gain(curves, stems_a, stems_b, ctx, sample_rate)
+        lift = (ridden[:, _COL["master_gain"]] - curves[:, _COL["master_gain"]]) * _MASTER_DB_SPAN
+        notes["teacher_ride_db"] = round(float(lift.max()), 2)
+        curves = ridden
     if scores is not None:
         notes["teacher_scores"] = scores
     return label, curves, notes
+
+
+# Gain riding: the deciding teacher keeps the blend's loudness on the path between the two tracks' own.
+RIDE_WINDOW_S = 1.0  # short-term loudness window (evaluate.py's loudness dip uses the same)
+RIDE_HOP = 1024  # analysis hop (samples): 23 ms at 44.1 kHz
+RIDE_ITERATIONS = 8
+_MASTER_DB_SPAN = EQ_DB_RANGE[1] - EQ_DB_RANGE[0]
+
+
+@lru_cache(maxsize=1)
+def _ride_mixer() -> DifferentiableDJMixer:
+    """One mixer per process for gain riding (its filters and windows are built once)."""
+    return DifferentiableDJMixer()
+
+
+def _frame_power(x) -> np.ndarray:
+    """[..., N] audio -> [M] mean square per RIDE_HOP frame over all channels (M = N // RIDE_HOP)."""
+    x = np.asarray(x, np.float32).reshape(-1, np.shape(x)[-1])
+    m = x.shape[-1] // RIDE_HOP
+    return np.square(x[:, :m * RIDE_HOP], dtype=np.float64).reshape(x.shape[0], m, RIDE_HOP).mean(axis=(0, 2))
+
+
+def _moving_average(p: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over `window` frames, edges held."""
+    w = max(1, min(int(window), len(p)))
+    if len(p) == 0 or w == 1:
+        return p
+    return np.convolve(np.pad(p, (w // 2, (w - 1) // 2), mode="edge"), np.ones(w) / w, mode="valid")
+
+
+def ride_gain(curves, stems_a, stems_b, ctx: TransitionContext, sample_rate: int = SAMPLE_RATE,
+              mixer: DifferentiableDJMixer | None = None) -> np.ndarray:
+    """Curves [F, 58] (model space) with the master raised inside the blend wherever the rendered mix's short-term
+    loudness (RIDE_WINDOW_S) would sag below the energy-fair path (1 - r) P_A + r P_B between the two tracks' own
+    loudness (r: blend progress), as a DJ rides the master through a handover (a loudness dip is what listeners
+    notice first). Only up, to at most the master's +6 dB.
+
+    stems_a, stems_b: [4, 2, N] clip stems. The master stays within its range and untouched outside the blend
+    (the curves stay canonical there). The master is the mixer's last stage, so the audio scales exactly with it
+    and one render suffices: the ride is refined RIDE_ITERATIONS times on the measured powers.
+    Returns float32 [F, 58].
+    """
+    u = np.array(curves, dtype=np.float64)
+    out = render_transition(mixer or _ride_mixer(), stems_a, stems_b, u.astype(np.float32), ctx.bpm).cpu().numpy()
+    window = max(1, int(round(RIDE_WINDOW_S * sample_rate / RIDE_HOP)))
+    p_out = _frame_power(out)
+    p_a = _moving_average(_frame_power(np.asarray(stems_a, np.float32).sum(0)), window)
+    p_b = _moving_average(_frame_power(np.asarray(stems_b, np.float32).sum(0)), window)
+    m = min(len(p_out), len(p_a), len(p_b))
+    if m == 0:
+        return u.astype(np.float32)
+    p_out, p_a, p_b = p_out[:m], p_a[:m], p_b[:m]
+    hop_t = (np.arange(m) + 0.5) * RIDE_HOP / sample_rate
+    r = _progress(hop_t, ctx.blend_start, ctx.blend_end)
+    fair = (1.0 - r) * p_a + r * p_b
+    judged = (hop_t >= ctx.blend_start) & (hop_t <= ctx.blend_end) & (fair > 1e-8)
+
+    t = ctx.frame_times
+    col = _COL["master_gain"]
+    master_db = EQ_DB_RANGE[0] + u[:, col] * _MASTER_DB_SPAN
+    inside = (t > ctx.blend_start) & (t < ctx.blend_end)
+    headroom = np.where(inside, np.maximum(EQ_DB_RANGE[1] - master_db, 0.0), 0.0)
+    # Each curve frame answers for the loudness windows that its interpolated gain reaches: the one furthest
+    # below the path sets its boost.
+    reach = (np.abs(hop_t[None, :] - t[:, None]) <= 0.5 * RIDE_WINDOW_S + ctx.frame_step) & judged[None, :]
+    ride = np.zeros(len(t))
+    for _ in range(RIDE_ITERATIONS):
+        gain = 10.0 ** (np.interp(hop_t, t, ride) / 10.0)  # power ratio per hop frame
+        level = _moving_average(p_out * gain, window)
+        error = 10.0 * np.log10(np.maximum(fair, 1e-30) / np.maximum(level, 1e-30))  # dB below the path
+        need = np.where(reach, np.maximum(error, 0.0)[None, :], 0.0).max(axis=1)
+        if need.max() < 0.05:
+            break
+        ride = np.minimum(ride + 0.7 * need, headroom)  # damped: neighbouring frames share windows
+    # The vocal rule holds: where both tracks sing, the ride stops short of lifting the quieter vocal over the
+    # audibility threshold (the master lifts both alike, so the quieter one decides).
+    vocals = vocal_amplitudes(u)
+    quieter = vocals.min(axis=-1)
+    both_sing = _active(ctx.vocals_a, t) & _active(ctx.vocals_b, t)
+    threshold = 10.0 ** (VOCAL_THRESHOLD_DB / 20.0)
+    guarded = both_sing & (quieter > 0) & (quieter <= threshold)
+    limit = 20.0 * np.log10(threshold / np.where(guarded, quieter, 1.0)) - 0.1
+    ride = np.where(guarded, np.clip(ride, 0.0, np.maximum(limit, 0.0)), ride)
+    # So does the bass rule (`bass_overlap`): where both basses sound below full track level, lifting both could
+    # make two full basses; the lift stops where their sum reaches BASS_LIMIT.
+    total, level = bass_amplitudes(u).sum(axis=-1), track_levels(u).max(axis=-1)
+    capped = (total > BASS_LIMIT * level) & (total <= BASS_LIMIT)
+    limit = 20.0 * np.log10(BASS_LIMIT / np.where(capped, total, 1.0)) - 0.05
+    ride = np.where(capped, np.clip(ride, 0.0, np.maximum(limit, 0.0)), ride)
+    u[:, col] = np.clip((master_db + ride - EQ_DB_RANGE[0]) / _MASTER_DB_SPAN, 0.0, 1.0)
+    return u.astype(np.float32)
 
 
 # The transition-type engine of the deciding teacher ('decide'): plain facts of the two clips -> the move.
@@ -1084,13 +1187,16 @@ def bass_overlap(
 ) -> float | np.ndarray:
     """Fraction of frames (0..1) where the two basses together exceed `limit` x one full bass.
 
-    One run of such frames spanning at most `grace_beats` beats (the equal-power handover) is
+    One full bass is a bass stem at full with its track at unity, or at the louder track's level where the
+    master lifts that above unity (a gain ride lifts both basses together: the rule is one bass against the
+    other). One run of such frames spanning at most `grace_beats` beats (the equal-power handover) is
     excused. One value per [F, 58] curve set.
     """
 
     def one(u: np.ndarray) -> float:
         _check_frames(u, ctx)
-        over = bass_amplitudes(u).sum(axis=-1) > limit
+        full = np.maximum(track_levels(u).max(axis=-1), 1.0)
+        over = bass_amplitudes(u).sum(axis=-1) > limit * full
         runs = _runs(over)
         # A run's length is the time its frames span: a window of w seconds holds frames spanning <= w.
         excused = [stop - start for start, stop in runs

@@ -385,4 +385,84 @@ def test_a_deciding_teacher_gives_the_same_pair_whatever_its_rng():
     assert first.label == T.choose_recipe(first.stems_a, first.context)[0]
     assert first.info["teacher_facts"] == second.info["teacher_facts"] and np.array_equal(first.curves, second.curves)
     typical = T.RECIPES[first.label](first.context, T.TypicalChoices())
-    assert np.array_equal(first.curves, typical)
+    ridden = T.ride_gain(typical, first.stems_a, first.stems_b, first.context)
+    assert np.array_equal(first.curves, ridden)  # the typical recipe, then the master ridden
+    assert first.info["teacher_ride_db"] == pytest.approx(
+        float((ridden - typical)[:, T._COL["master_gain"]].max() * 32.0), abs=0.01)
+
+
+# 7. gain riding ---------------------------------------------------------------------------------------
+def _noise_clip(ctx, level_a, level_b, vocals=False):
+    """[4, 2, N] stems of A and B: steady noise at the given amplitudes (in the drum stem, and with vocals=True
+    the same again in the vocal stem), each track over the whole clip."""
+    n = int(round(ctx.duration * SR))
+    rng = np.random.default_rng(3)
+    out = []
+    for level in (level_a, level_b):
+        stems = np.zeros((4, 2, n), np.float32)
+        stems[0] = level * 0.1 * rng.standard_normal((2, n))
+        if vocals:
+            stems[2] = level * 0.1 * rng.standard_normal((2, n))
+        out.append(stems)
+    return out
+
+
+def _dip_db(mixer, a, b, curves, ctx):
+    import evaluate
+
+    return evaluate.score_curves(mixer, a, b, [curves], ctx.bpm, (ctx.blend_start, ctx.blend_end))[0][
+        "loudness_dip_db"]
+
+
+def test_ride_gain_fills_the_dip_of_a_cut_into_a_quieter_track(mixer):
+    import evaluate
+
+    ctx = grid_context(bpm=120.0, lead_beats=8, blend_bars=4, tail_beats=8, fps=10.0)
+    a, b = _noise_clip(ctx, 1.0, 0.5)  # B 6 dB below A
+    cut = evaluate.hard_cut_curves(ctx.n_frames, ctx.duration, (ctx.blend_start, ctx.blend_end), ctx.downbeats)
+    cut = cut.numpy()
+    ridden = T.ride_gain(cut, a, b, ctx, mixer=mixer)
+    before, after = _dip_db(mixer, a, b, cut, ctx), _dip_db(mixer, a, b, ridden, ctx)
+    assert before > 3.0 and after < 0.5, (before, after)  # the energy-fair path asks for ~4 dB right after the cut
+    master = T._COL["master_gain"]
+    outside = (ctx.frame_times <= ctx.blend_start) | (ctx.frame_times >= ctx.blend_end)
+    assert np.array_equal(ridden[outside], cut[outside])  # canonical outside the blend
+    assert np.array_equal(np.delete(ridden, master, axis=1), np.delete(cut, master, axis=1))  # only the master
+    assert (ridden[:, master] >= cut[:, master]).all() and ridden[:, master].max() <= 1.0  # up only, <= +6 dB
+
+
+def test_ride_gain_leaves_a_level_handover_alone(mixer):
+    import evaluate
+
+    ctx = grid_context(bpm=120.0, lead_beats=8, blend_bars=4, tail_beats=8, fps=10.0)
+    a, b = _noise_clip(ctx, 1.0, 1.0)
+    fade = evaluate.equal_power_curves(ctx.n_frames, ctx.duration, (ctx.blend_start, ctx.blend_end)).numpy()
+    ridden = T.ride_gain(fade, a, b, ctx, mixer=mixer)
+    lift = (ridden - fade)[:, T._COL["master_gain"]] * 32.0
+    assert lift.max() < 0.5  # an equal-power fade of equal tracks holds its level: nothing to ride
+    silent = [np.zeros_like(a), np.zeros_like(b)]
+    assert np.array_equal(T.ride_gain(fade, *silent, ctx, mixer=mixer), fade)  # silence: nothing to follow
+
+
+def test_ride_gain_keeps_the_vocal_and_bass_rules(mixer):
+    import evaluate
+
+    ctx = grid_context(bpm=120.0, lead_beats=8, blend_bars=4, tail_beats=8, fps=10.0)
+    mid = 0.5 * (ctx.blend_start + ctx.blend_end)
+    ctx.vocals_a, ctx.vocals_b = [(0.0, ctx.duration)], [(mid, ctx.duration)]  # both sing in the second half
+    a, b = _noise_clip(ctx, 1.0, 1.0, vocals=True)
+    linear = evaluate.linear_crossfade_curves(ctx.n_frames, ctx.duration, (ctx.blend_start, ctx.blend_end)).numpy()
+    master = T._COL["master_gain"]
+    both_basses = T.ride_gain(linear, a, b, ctx, mixer=mixer)
+    lift = (both_basses - linear)[:, master] * 32.0
+    sounding = (T.bass_amplitudes(linear) > 0.3).all(axis=-1)
+    assert lift.max() > 0.5 and lift[sounding].max() < 0.9  # the linear fade's dip is ridden, but not where ...
+    assert T.bass_overlap(both_basses, ctx) == T.bass_overlap(linear, ctx) == 0.0  # ... it would make two full basses
+
+    linear[:, T._COL["a.bass.gain"]] = 0.0  # one bass: the ride is free of the bass rule
+    linear[:, T._COL["a.vocals.gain"]] = 0.18  # A's vocal 0.09 of full mid-blend: just under the -20 dB line
+    assert T.vocal_overlap(linear, ctx) == 0.0
+    ridden = T.ride_gain(linear, a, b, ctx, mixer=mixer)
+    assert (ridden - linear)[:, master][sounding].max() * 32.0 > 2.0  # lifted where both basses had held it...
+    assert T.vocal_overlap(ridden, ctx) == 0.0  # ... but not so far that A's vocal becomes audible over B's
+
