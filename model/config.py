@@ -90,6 +90,7 @@ class DiffusionConfig(_Replace):
     style_dropout: float = 0.3  # per-sample probability of hiding the style label ('free' token)
     clip_x0: bool = True  # clamp x0 predictions to [-1, 1] inside DDIM
     median_frames: int = 5  # odd running-median width applied to sampled curves (1 = off); see median_smooth
+    tv_weight: float = 0.01  # total-variation denoising of sampled curves after the median (0 = off); see tv_smooth
 
     def __post_init__(self):
         if self.prediction not in ("v", "epsilon"):
@@ -100,6 +101,8 @@ class DiffusionConfig(_Replace):
             raise ValueError("cond_dropout and style_dropout must be probabilities")
         if self.median_frames < 1 or self.median_frames % 2 == 0:
             raise ValueError(f"median_frames must be an odd number >= 1, got {self.median_frames}")
+        if not self.tv_weight >= 0.0:
+            raise ValueError(f"tv_weight must be >= 0, got {self.tv_weight}")
         if self.train_timesteps < 2 or self.inference_steps < 1:
             raise ValueError("train_timesteps must be >= 2 and inference_steps >= 1")
 

@@ -143,6 +143,33 @@ def median_smooth(curves: torch.Tensor, width: int) -> torch.Tensor:
     return padded.unfold(1, width, 1).median(dim=-1).values
 
 
+def tv_smooth(curves: torch.Tensor, weight: float, iterations: int = 300) -> torch.Tensor:
+    """Total-variation denoising over frames of curves [B, F, P]: argmin_x 1/2 |x - y|^2 + weight sum_f |x[f+1] - x[f]|
+    per curve (FISTA on the dual, differences clipped to [-weight, weight]).
+
+    Wobble whose swing is below about `weight` flattens to a steady value; a step or a ramp keeps its place and
+    shape (a step of height h and the plateaus around it move by at most weight / plateau length), so a knob that
+    should rest rests, the way a DJ's hand leaves it. weight <= 0 returns the curves as they are.
+    """
+    if weight <= 0 or curves.shape[1] < 2:
+        return curves
+    y = curves.float()
+    p = torch.zeros_like(y[:, 1:])
+    q, t = p.clone(), 1.0
+
+    def primal(dual: torch.Tensor) -> torch.Tensor:  # x = y - D^T dual, D x = x[1:] - x[:-1]
+        pad = torch.nn.functional.pad(dual, (0, 0, 1, 1))
+        return y + pad[:, 1:] - pad[:, :-1]
+
+    for _ in range(iterations):
+        x = primal(q)
+        p_next = (q + 0.25 * (x[:, 1:] - x[:, :-1])).clamp(-weight, weight)
+        t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        q = p_next + ((t - 1.0) / t_next) * (p_next - p)
+        p, t = p_next, t_next
+    return primal(p).clamp(0.0, 1.0).to(curves.dtype)
+
+
 # -- losses ------------------------------------------------------------------------------------------------------
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of x [B, F, ...] over frames where mask [B, F] is True (all frames when mask is None)."""
@@ -288,12 +315,13 @@ class TransitionDiffusion(nn.Module):
     def sample(self, feats_a: TrackFeatures, feats_b: TrackFeatures, n_frames: int | None = None,
                steps: int | None = None, eta: float | None = None, guidance_scale: float | None = None,
                generator: torch.Generator | None = None, style=None, noise: torch.Tensor | None = None,
-               median_frames: int | None = None) -> torch.Tensor:
+               median_frames: int | None = None, tv_weight: float | None = None) -> torch.Tensor:
         """Curves [B, n_frames, P] in [0, 1] for each pair (defaults from the config). Runs in eval mode.
 
         The conditioning is encoded once; each DDIM step is one denoiser call on [x; x] with [cond; null]
         (guidance_scale == 1 skips the NULL half). Same generator seed -> same curves. The result goes through
-        median_smooth (config.diffusion.median_frames; 1 = the raw DDIM output).
+        median_smooth (config.diffusion.median_frames) then tv_smooth (config.diffusion.tv_weight); with 1 and 0
+        it is the raw DDIM output.
         """
         dcfg = self.config.diffusion
         n_frames = n_frames or self.config.model.n_frames
@@ -301,6 +329,7 @@ class TransitionDiffusion(nn.Module):
         eta = dcfg.eta if eta is None else eta
         scale = dcfg.guidance_scale if guidance_scale is None else guidance_scale
         median_frames = dcfg.median_frames if median_frames is None else median_frames
+        tv_weight = dcfg.tv_weight if tv_weight is None else tv_weight
         was_training = self.training
         self.eval()
         try:
@@ -320,7 +349,7 @@ class TransitionDiffusion(nn.Module):
                                      self._device(), noise)
         finally:
             self.train(was_training)
-        return median_smooth(((x0 + 1) / 2).clamp(0.0, 1.0), median_frames)
+        return tv_smooth(median_smooth(((x0 + 1) / 2).clamp(0.0, 1.0), median_frames), tv_weight)
 
     generate = sample  # the published README's name
 

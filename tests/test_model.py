@@ -20,7 +20,7 @@ from model import (
     get_config,
     smoothness_penalty,
 )
-from model.diffusion import median_smooth
+from model.diffusion import median_smooth, tv_smooth
 
 P = 58  # the full layout
 
@@ -296,6 +296,28 @@ def test_median_smooth_keeps_steps_and_ramps_and_removes_wiggles():
     assert torch.equal(median_smooth(clean + wiggle, 1), clean + wiggle)  # width 1 = off
     with pytest.raises(ValueError, match="median_frames"):
         tiny(diffusion__median_frames=4)
+
+
+def test_tv_smooth_rests_a_wobbling_knob_and_keeps_steps_and_ramps():
+    t = torch.arange(128, dtype=torch.float32)
+    step = (t >= 64).float()  # a fader switch on one frame
+    ramp = t / 127
+    still = torch.full_like(t, 0.5)
+    clean = torch.stack([step, ramp, still], dim=-1)[None]  # [1, 128, 3]
+    wobble = 0.004 * torch.sin(t * 0.7)[None, :, None] + 0.002 * torch.randn(1, 128, 3, generator=gen(0))
+    smoothed = tv_smooth(clean + wobble, 0.01)
+
+    def tv(x):
+        return (x[:, 1:] - x[:, :-1]).abs().sum(dim=1)[0]
+
+    assert tv(smoothed)[2] < 0.02 * tv(clean + wobble)[2]  # the resting knob rests
+    assert tv(smoothed)[0] == pytest.approx(1.0, abs=0.01) and tv(smoothed)[1] == pytest.approx(1.0, abs=0.03)
+    assert (smoothed - clean).abs().max() < 0.02  # nothing moves further than the wobble was
+    jump = smoothed[0, 1:, 0] - smoothed[0, :-1, 0]
+    assert int(jump.argmax()) == 63 and jump.max() > 0.95  # the switch keeps its frame and its height
+    assert torch.equal(tv_smooth(clean + wobble, 0.0), clean + wobble)  # weight 0 = off
+    with pytest.raises(ValueError, match="tv_weight"):
+        tiny(diffusion__tv_weight=-0.1)
 
 
 def test_style_label_and_its_free_token():
