@@ -910,6 +910,46 @@ def markdown_table(summary: dict[str, dict[str, float]], labels: dict[str, str],
     return "\n".join(lines) + "\n"
 
 
+BASELINES = ("hard_cut", "linear_crossfade", "equal_power", "rule_bass_swap")
+HEAD_TO_HEAD = tuple(k for k in METRICS if k != "composite")  # the individual metrics: 7 of quality + curve error
+
+
+def head_to_head(summary: dict[str, dict[str, float]], method: str) -> dict[str, dict]:
+    """Per baseline present: does `method` beat it on the mean composite, and on which individual metrics (means,
+    HEAD_TO_HEAD; a metric either side lacks, or a tie, is no win)."""
+    def better(k: str, a: float, b: float) -> bool:
+        if not (np.isfinite(a) and np.isfinite(b)) or abs(a - b) <= 1e-12:
+            return False
+        return a > b if k in HIGHER_IS_BETTER else a < b
+
+    mine = summary[method]
+    return {base: {"composite": better("composite", mine["composite"], summary[base]["composite"]),
+                   "metrics": [k for k in HEAD_TO_HEAD if better(k, mine[k], summary[base][k])]}
+            for base in BASELINES if base in summary}
+
+
+def head_to_head_table(summary: dict[str, dict[str, float]], labels: dict[str, str], need: int = 4) -> str:
+    """Markdown: each model row against each baseline (composite, individual metrics won), and whether it beats
+    every baseline on the composite and on at least `need` individual metrics."""
+    lines = []
+    for method in (m for m in ("model", "model_best") if m in summary):
+        rows = head_to_head(summary, method)
+        if not rows:
+            continue
+        verdict = all(r["composite"] and len(r["metrics"]) >= need for r in rows.values())
+        lines += ["", f"{labels.get(method, method)} against each baseline (means over the pairs): beats every "
+                      f"baseline on the composite and on at least {need} individual metrics: "
+                      f"**{'yes' if verdict else 'no'}**.", "",
+                  "| baseline | composite | individual metrics won | which |", "|---|---|---:|---|"]
+        for base, r in rows.items():
+            comp = (f"{summary[method]['composite']:.3f} vs {summary[base]['composite']:.3f} "
+                    + ("(won)" if r["composite"] else "(lost)"))
+            which = ", ".join(COLUMNS[k][0].split(" (")[0].rstrip(" ↑↓") for k in r["metrics"]) or "-"
+            lines.append(f"| {labels.get(base, base)} | {comp} | {len(r['metrics'])} of {len(HEAD_TO_HEAD)} | "
+                         f"{which} |")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def _atomic_write(path: Path, write: Callable[[str], None], suffix: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
     os.close(fd)
@@ -998,7 +1038,7 @@ def evaluate(args: argparse.Namespace) -> str:
         except CheckpointError as error:  # torch's unpickling errors run over several lines: keep the first
             raise EvalError(str(error).strip().splitlines()[0]) from None
     k = args.candidates
-    methods = ["hard_cut", "linear_crossfade", "equal_power", "rule_bass_swap"]
+    methods = list(BASELINES)
     if model is not None:
         methods += ["model"] + (["model_best"] if k > 1 else [])
     labels = {**LABELS, "model_best": LABELS["model_best"].format(k=k)}
@@ -1052,7 +1092,7 @@ def evaluate(args: argparse.Namespace) -> str:
         source_line = (f"model `{args.model}` ({k} candidate(s), {args.steps or dcfg.inference_steps} DDIM steps, "
                        f"guidance {guidance})")
     header = f"Evaluation on {n_pairs} pair(s) of `{root}` split `{args.split}`; {source_line}."
-    text = markdown_table(summary, labels, header)
+    text = markdown_table(summary, labels, header) + head_to_head_table(summary, labels)
     if skipped:
         text += f"\n{len(skipped)} pair(s) could not be read and were skipped: {', '.join(map(str, skipped))}\n"
     out = Path(args.out)

@@ -242,6 +242,29 @@ def test_composite_score():
     assert sum(ev.RHYTHM_WEIGHTS.values()) == pytest.approx(1.0)
 
 
+def test_head_to_head_counts_the_metrics_won_against_each_baseline():
+    base = {"loudness_dip_db": 2.0, "bass_clash": 0.1, "vocal_clash": 0.0, "beat_phase_ms": 10.0, "seam_novelty": 2.0,
+            "rhythmic_consistency": 0.8, "curve_tv": 0.1, "curve_error": 0.05, "composite": 0.80}
+    summary = {
+        "hard_cut": {**base, "beat_phase_ms": float("nan")},
+        "rule_bass_swap": {**base, "rhythmic_consistency": 0.95, "composite": 0.90},
+        "model": {**base, "loudness_dip_db": 1.0, "bass_clash": 0.05, "beat_phase_ms": 2.0, "rhythmic_consistency": 0.9,
+                  "curve_error": 0.01, "composite": 0.85},
+    }
+    rows = ev.head_to_head(summary, "model")
+    assert list(rows) == ["hard_cut", "rule_bass_swap"]  # the baselines present, in their order
+    # ties (vocal clash, seam, TV) and a metric one side lacks (the cut's beat phase) are no wins
+    assert rows["hard_cut"] == {"composite": True, "metrics": ["loudness_dip_db", "bass_clash", "rhythmic_consistency",
+                                                               "curve_error"]}
+    assert rows["rule_bass_swap"] == {"composite": False, "metrics": ["loudness_dip_db", "bass_clash",
+                                                                      "beat_phase_ms", "curve_error"]}
+    text = ev.head_to_head_table(summary, ev.LABELS)
+    assert "**no**" in text and "| rule bass swap | 0.850 vs 0.900 (lost) | 4 of 8 |" in text
+    summary["rule_bass_swap"]["composite"] = 0.84
+    assert "**yes**" in ev.head_to_head_table(summary, ev.LABELS)
+    assert "**no**" in ev.head_to_head_table(summary, ev.LABELS, need=5)
+
+
 # -- the public API --------------------------------------------------------------------------------------------------
 def test_score_transition_signature_and_keys(mixer, tracks):
     params = inspect.signature(ev.score_transition).parameters
@@ -362,7 +385,7 @@ def test_cli_end_to_end_on_a_small_folder(tmp_path, capsys):
     text = (out / "results.md").read_text()
     assert printed.strip() == text.strip()
     for label in ("hard cut (downbeat)", "linear crossfade", "equal-power crossfade", "rule bass swap", "| model |",
-                  "model, best of 2", "teacher (reference)", "composite", "wins"):
+                  "model, best of 2", "teacher (reference)", "composite", "wins", "against each baseline"):
         assert label in text
     rows = read_rows(out / "results.csv")
     methods = {"hard_cut", "linear_crossfade", "equal_power", "rule_bass_swap", "model", "model_best", "teacher"}
@@ -370,7 +393,8 @@ def test_cli_end_to_end_on_a_small_folder(tmp_path, capsys):
     by = {r["method"]: r for r in rows}
     assert float(by["model_best"]["composite"]) >= float(by["model"]["composite"])  # the single sample is one of 2
     assert float(by["teacher"]["curve_error"]) == 0.0
-    assert sum(int(line.split("|")[-3]) for line in text.splitlines()[4:] if "teacher" not in line) >= 1  # wins
+    table = text.split("\n\n")[1].splitlines()[2:]  # the method rows of the main table
+    assert sum(int(line.split("|")[-3]) for line in table if "teacher" not in line) >= 1  # wins
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
