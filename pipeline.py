@@ -359,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher", choices=("decide", "select", "sample"), default="decide",
                         help="teacher curves: 'decide' (default): plain facts of the clips pick the move and every "
                              "detail takes its typical value, so the curves follow the music alone (a model can learn "
-                             "them), and the master rides up where the blend would sag; 'select': the best of a recipe shortlist (one random draw each) by evaluate.py's "
-                             "composite (4 renders a pair); 'sample': a recipe and its details drawn at random")
+                             "them), and the master rides up where the blend would sag; 'select': the best of a "
+                             "recipe shortlist (one random draw each) by evaluate.py's composite (4 renders a pair); "
+                             "'sample': a recipe and its details drawn at random")
     real = parser.add_argument_group("real transitions (--transitions)")
     real.add_argument("--fit-steps", type=int, default=40, help="Adam steps of each curve fit")
     real.add_argument("--min-snr", type=float, default=10.0, help="reject fits below this SNR against the excerpt (dB)")
