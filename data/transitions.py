@@ -57,6 +57,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from effects.mixer import DifferentiableDJMixer, MixerConfig
 from effects.params import EQ_DB_RANGE, FULL, SAMPLE_RATE, STEM_CONTROLS, STEMS, TRACKS
@@ -934,11 +935,8 @@ def _frame_power(x) -> np.ndarray:
 
 
 def _moving_average(p: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average over `window` frames, edges held."""
-    w = max(1, min(int(window), len(p)))
-    if len(p) == 0 or w == 1:
-        return p
-    return np.convolve(np.pad(p, (w // 2, (w - 1) // 2), mode="edge"), np.ones(w) / w, mode="valid")
+    """Centred moving average over `window` frames (at most the whole signal), edges held."""
+    return ndimage.uniform_filter1d(p, size=max(1, min(int(window), len(p))), mode="nearest") if len(p) else p
 
 
 def ride_gain(curves, stems_a, stems_b, ctx: TransitionContext, sample_rate: int = SAMPLE_RATE,
@@ -985,21 +983,17 @@ def ride_gain(curves, stems_a, stems_b, ctx: TransitionContext, sample_rate: int
         if need.max() < 0.05:
             break
         ride = np.minimum(ride + 0.7 * need, headroom)  # damped: neighbouring frames share windows
-    # The vocal rule holds: where both tracks sing, the ride stops short of lifting the quieter vocal over the
-    # audibility threshold (the master lifts both alike, so the quieter one decides).
-    vocals = vocal_amplitudes(u)
-    quieter = vocals.min(axis=-1)
-    both_sing = _active(ctx.vocals_a, t) & _active(ctx.vocals_b, t)
+    # The rules hold: the ride stops short of lifting a held-down vocal over the audibility threshold where both
+    # tracks sing (the master lifts both alike, so the quieter decides), and of lifting two basses that sound
+    # below full track level past BASS_LIMIT together (`bass_overlap`).
+    quieter = vocal_amplitudes(u).min(axis=-1)
     threshold = 10.0 ** (VOCAL_THRESHOLD_DB / 20.0)
-    guarded = both_sing & (quieter > 0) & (quieter <= threshold)
-    limit = 20.0 * np.log10(threshold / np.where(guarded, quieter, 1.0)) - 0.1
-    ride = np.where(guarded, np.clip(ride, 0.0, np.maximum(limit, 0.0)), ride)
-    # So does the bass rule (`bass_overlap`): where both basses sound below full track level, lifting both could
-    # make two full basses; the lift stops where their sum reaches BASS_LIMIT.
+    guarded = _active(ctx.vocals_a, t) & _active(ctx.vocals_b, t) & (quieter > 0) & (quieter <= threshold)
     total, level = bass_amplitudes(u).sum(axis=-1), track_levels(u).max(axis=-1)
     capped = (total > BASS_LIMIT * level) & (total <= BASS_LIMIT)
-    limit = 20.0 * np.log10(BASS_LIMIT / np.where(capped, total, 1.0)) - 0.05
-    ride = np.where(capped, np.clip(ride, 0.0, np.maximum(limit, 0.0)), ride)
+    cap = np.minimum(np.where(guarded, 20.0 * np.log10(threshold / np.where(guarded, quieter, 1.0)) - 0.1, np.inf),
+                     np.where(capped, 20.0 * np.log10(BASS_LIMIT / np.where(capped, total, 1.0)) - 0.05, np.inf))
+    ride = np.minimum(ride, np.maximum(cap, 0.0))
     u[:, col] = np.clip((master_db + ride - EQ_DB_RANGE[0]) / _MASTER_DB_SPAN, 0.0, 1.0)
     return u.astype(np.float32)
 
