@@ -4,6 +4,7 @@
     python train.py --data processed --model-size small --output runs/small --wandb djmix/small
     torchrun --nproc_per_node=4 train.py --data processed --model-size base --amp --output runs/base
     python train.py --output runs/small --resume auto       # continue exactly where it stopped
+    python train.py --data processed --init checkpoints/default.pt --lr 1e-4 --steps 2000 --output runs/ft
 
 --output receives config.json (the full config as a plain dict, plus this run's flags), metrics.jsonl (one
 JSON line per logged step and per validation), last.pt, best.pt (lowest validation loss of the EMA weights,
@@ -23,6 +24,11 @@ CPU, as a run that never stopped.
 Flags left out on resume take the values stored in the checkpoint (data source, --keep, --wandb, ...); the
 config comes from the checkpoint too, so `--resume auto` alone continues the run. A model flag that changes
 the architecture makes the resume fail with one line naming the mismatched fields.
+
+Fine-tuning (--init PATH): a new run (step 0, fresh optimizer and LR schedule) whose model and EMA both start
+from the checkpoint's EMA weights (its raw ones when it has none) and whose config is the checkpoint's, so an
+exported model (checkpoints/default.pt) can be trained further on other data. A later --resume of that run
+continues it as any other run; --init is then ignored.
 """
 
 from __future__ import annotations
@@ -68,10 +74,12 @@ from model import (
     TransitionDiffusion,
     apply_overrides,
     config_from_dict,
+    config_mismatches,
     config_to_dict,
     create_ema,
     get_config,
     load_checkpoint,
+    load_weights,
     save_checkpoint,
 )
 from model.checkpoint import read_checkpoint, rng_state, set_rng_state
@@ -142,6 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("run")
     g.add_argument("--output", type=Path, default=Path("runs/default"), help="run folder (runs/default)")
     g.add_argument("--resume", metavar="PATH|auto", help="checkpoint to continue; auto = OUTPUT/last.pt if any")
+    g.add_argument("--init", type=Path, metavar="PATH",
+                   help="fine-tune: start a new run from this checkpoint's EMA weights and config (fresh optimizer)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     g.add_argument("--amp", action="store_true", default=None, help="bf16 autocast (CUDA only)")
     g.add_argument("--val-every", type=int, help="steps between validations (1000)")
@@ -641,7 +651,17 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     saved = read_checkpoint(resume_path) if resume_path else None
     saved_extra = dict(saved.get("extra") or {}) if saved else {}
     fill_run_flags(args, dict(saved_extra.get("run") or {}))
-    cfg = build_config(args, saved["config"] if saved else None)
+    init = None
+    if args.init is not None and resume_path is None:
+        init = read_checkpoint(args.init)
+        cfg = build_config(args, init["config"])
+        problems = config_mismatches(config_from_dict(init["config"]), cfg)
+        if problems:
+            raise UsageError(f"--init {args.init}: the flags change the model it holds: " + "; ".join(problems))
+    else:
+        if args.init is not None:
+            log.info("resuming %s: --init %s is not used again", resume_path, args.init)
+        cfg = build_config(args, saved["config"] if saved else None)
     del saved  # the full state is read again by load_checkpoint below
     tc = cfg.train
     amp = bool(args.amp) and device.type == "cuda"
@@ -656,6 +676,10 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
 
     torch.manual_seed(tc.seed)
     net = TransitionDiffusion(cfg).to(device)
+    if init is not None:  # both copies start from the weights inference would use
+        load_weights(net, init, args.init)
+        log.info("fine-tuning from %s (step %s of its run)", args.init, init.get("step", "?"))
+        del init
     ema = create_ema(net, tc.ema_decay)
     decay, no_decay = [], []
     for p in net.parameters():

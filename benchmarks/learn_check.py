@@ -118,6 +118,8 @@ def train_argv(args: argparse.Namespace) -> list[str]:
             "--device", "cpu", "--keep", "0", "--log-every", str(max(1, args.steps // 20)),
             "--save-every", str(args.steps), "--val-every", str(args.steps), "--teacher", args.teacher,
             "--style-share", str(args.style_share)]
+    if args.init is not None:
+        argv += ["--init", str(args.init)]
     for flag in ("batch_size", "lr", "warmup_steps", "ema_decay"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -303,6 +305,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--config", action="append", default=[], help="train.py --config override (repeatable)")
+    p.add_argument("--init", type=Path, help="train.py --init: fine-tune this checkpoint instead of starting afresh")
     p.add_argument("--track-duration", type=float, default=40.0, help="seconds of each synthetic track")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher", choices=TEACHERS, default="decide",

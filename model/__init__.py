@@ -9,10 +9,12 @@
 from model.checkpoint import (
     Checkpoint,
     CheckpointError,
+    config_mismatches,
     create_ema,
     export_weights,
     load_checkpoint,
     load_model,
+    load_weights,
     save_checkpoint,
 )
 from model.conditioning import (
@@ -46,6 +48,6 @@ __all__ = [
     "AudioLoss", "Checkpoint", "CheckpointError", "Conditioning", "ConditioningEncoder", "Config", "DDIMSampler",
     "DiT", "DiTBlock", "DiffusionConfig", "FinalLayer", "MelEncoder", "MetadataEncoder", "ModelConfig",
     "NoiseSchedule", "TimestepEmbedder", "TrackFeatures", "TrainConfig", "TransitionDiffusion", "apply_overrides",
-    "config_from_dict", "config_to_dict", "create_ema", "create_model", "export_weights", "get_config",
-    "load_checkpoint", "load_model", "save_checkpoint", "smoothness_penalty",
+    "config_from_dict", "config_mismatches", "config_to_dict", "create_ema", "create_model", "export_weights",
+    "get_config", "load_checkpoint", "load_model", "load_weights", "save_checkpoint", "smoothness_penalty",
 ]

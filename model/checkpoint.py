@@ -272,15 +272,24 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TransitionDiffusion:
     """A model ready for inference: the EMA weights (never the raw ones when EMA exists), eval mode, on device."""
-    path = Path(path)
     ckpt = read_checkpoint(path, "cpu")
     model = TransitionDiffusion(config_from_dict(ckpt["config"]))
+    return load_weights(model, ckpt, path).to(device).eval()
+
+
+def load_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str | os.PathLike) -> nn.Module:
+    """Put a read checkpoint's EMA weights (its raw ones, with a warning, when it has none) into `model`;
+    tensors are cast to the model's dtype (exported fp16 weights load into a float32 model)."""
+    path = Path(path)
+    net = _unwrap(model)
     if ckpt.get("ema") is not None:
-        _load_state(model, ckpt["ema"], path, "EMA")
-    else:
+        _load_state(net, ckpt["ema"], path, "EMA")
+    elif ckpt.get("model") is not None:
         log.warning("%s holds no EMA weights; loading the raw training weights", path)
-        _load_state(model, ckpt["model"], path, "model")
-    return model.to(device).eval()
+        _load_state(net, ckpt["model"], path, "model")
+    else:
+        raise CheckpointError(f"{path}: holds no model weights")
+    return model
 
 
 def export_weights(path_in: str | os.PathLike, path_out: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:

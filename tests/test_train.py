@@ -117,6 +117,31 @@ def test_resume_auto_without_a_checkpoint_starts_fresh(tmp_path, cache):
     assert [r["step"] for r in records(out)] == [1, 2]
 
 
+def test_init_fine_tunes_an_exported_model(resumed_runs, cache, tmp_path, capsys):
+    """--init: a new run (steps from 1, fresh optimizer) whose weights start at the export's (fp16) EMA weights."""
+    from model import export_weights
+
+    straight, _ = resumed_runs
+    weights = export_weights(straight / "last.pt", tmp_path / "shipped.pt", dtype=torch.float16)
+    out = tmp_path / "ft"
+    args = tiny_args(out, cache, "--init", str(weights), "--steps", "2", "--lr", "1e-7", "--warmup-steps", "1",
+                     "--val-every", "100")
+    i = args.index("--model-size")
+    assert train.main(args[:i] + args[i + 2:]) == 0  # no --model-size: the model is the export's
+    assert [r["step"] for r in records(out)] == [1, 2]
+    start, tuned = load(weights)["ema"], load(out / "last.pt")
+    assert tuned["step"] == 2 and tuned["config"]["model"]["dropout"] == 0.1  # the export's config came along
+    for name, value in start.items():  # two steps at lr 1e-7 leave the weights where --init put them
+        assert torch.allclose(tuned["model"][name], value.float(), atol=1e-5), name
+    fresh = load(straight / "last.pt")["ema"]
+    assert any(not torch.allclose(tuned["model"][k], fresh[k], atol=1e-5) for k in fresh)  # ... and fp16 casts show
+    capsys.readouterr()
+    rc = train.main(tiny_args(tmp_path / "other", cache, "--init", str(weights), "--model-size", "small"))
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1 and "hidden_dim: checkpoint 128, model 192" in err
+    assert not (tmp_path / "other").exists()
+
+
 # -- checkpoints, validation and wandb ---------------------------------------------------------------------------
 SCRIPTED_VAL = [0.5, 0.3, 0.4]  # validation losses at steps 2, 4, 6: best.pt must stay at step 4
 
