@@ -63,8 +63,6 @@ PATTERN_BINS = 16  # beat-synchronous onset pattern: bins per beat
 RHYTHM_WEIGHTS = {"tempo": 0.4, "pattern": 0.3, "alignment": 0.2, "strength": 0.1}
 PHASE_HARMONICS = 4  # beat-phase error: beat harmonics of the folded cross-correlation (up to 16th notes)
 PHASE_TIE = 0.1  # ... a peak within this share of its range of the best counts as a tie (the smaller lag wins)
-PHASE_WINDOW_BEATS = 4  # ... estimated on windows this long, one beat apart, and the median taken
-PHASE_WINDOW_COVER = 0.75  # ... over the windows whose frames lie at least this much in the overlap
 PHASE_SCALE_MS = 20.0  # beat-phase score 1 / (1 + (err / 20 ms)^2)
 TV_SCALE = 2.0  # smoothness score 1 / (1 + tv / 2 per second)
 # Composite: weighted mean of per-metric scores in [0, 1]; missing metrics (NaN) drop out and the rest renormalise.
@@ -416,37 +414,17 @@ def phase_lag_ms(env_a: np.ndarray, env_b: np.ndarray, sample_rate: int = SAMPLE
     return float((lags[i] + shift) / fps * 1000.0)
 
 
-def _lag_between(source: SourceAnalysis, audio_a, audio_b, start: float, end: float) -> float:
+def beat_phase_error(source: SourceAnalysis, audio_a, audio_b, level_a: np.ndarray, level_b: np.ndarray) -> float:
+    """|lag| (ms) between A's and B's contributions' onset envelopes over their overlap in the blend; NaN when they
+    overlap for less than two beats (one second without a tempo)."""
+    overlap = overlap_mask(source, level_a, level_b)
+    if overlap.sum() * HOP / source.sample_rate < 2.0 * (source.beat or 0.5):
+        return float("nan")
+    start, end = source.times[overlap][[0, -1]]
     _, env_a = onset_envelope(audio_a, source.sample_rate, start, end)
     _, env_b = onset_envelope(audio_b, source.sample_rate, start, end)
     n = min(len(env_a), len(env_b))
     return abs(phase_lag_ms(env_a[:n], env_b[:n], source.sample_rate, source.beat))
-
-
-def beat_phase_error(source: SourceAnalysis, audio_a, audio_b, level_a: np.ndarray, level_b: np.ndarray) -> float:
-    """|lag| (ms) between A's and B's contributions' onset envelopes over their overlap in the blend: the median
-    over PHASE_WINDOW_BEATS-beat windows (one beat apart) lying at least PHASE_WINDOW_COVER inside the overlap,
-    else over the whole overlap; NaN when they overlap for less than two beats (one second without a tempo).
-
-    Windows, because one estimate over the whole overlap flips between near-equal peaks when the patterns
-    differ (on-beat kicks against off-beat hats fold to half a beat): two renders that differ by a frame of
-    overlap could read 7 ms and 357 ms. The median of local estimates keeps the lag most of the overlap has.
-    """
-    overlap = overlap_mask(source, level_a, level_b)
-    beat = source.beat or 0.5
-    if overlap.sum() * HOP / source.sample_rate < 2.0 * beat:
-        return float("nan")
-    times = source.times[overlap]
-    width = PHASE_WINDOW_BEATS * beat
-    lags = []
-    for start in np.arange(times[0], times[-1] - width + 1e-9, beat):
-        inside = (source.times >= start) & (source.times < start + width)
-        if overlap[inside].mean() >= PHASE_WINDOW_COVER:
-            lags.append(_lag_between(source, audio_a, audio_b, start, start + width))
-    lags = [lag for lag in lags if np.isfinite(lag)]
-    if lags:
-        return float(np.median(lags))
-    return _lag_between(source, audio_a, audio_b, times[0], times[-1])
 
 
 def seam_novelty(source: SourceAnalysis, out: Bands) -> float:
