@@ -326,9 +326,33 @@ def _judge_mixer():
     return DifferentiableDJMixer()
 
 
+TrackDuration = float | tuple[float, float]
+
+
+def parse_track_duration(text: str) -> TrackDuration:
+    """"40" -> 40.0 s; "40:90" -> (40.0, 90.0): each track's length drawn uniformly in that range (seconds)."""
+    parts = str(text).split(":")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(math.isfinite(v) and v >= 8.0 for v in values) or values != sorted(values):
+        raise ValueError(f"track duration must be SECONDS or MIN:MAX with 8 <= MIN <= MAX, got {text!r}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def format_track_duration(duration: TrackDuration) -> str:
+    """The inverse of parse_track_duration: 40.0 -> "40", (40, 90) -> "40:90"."""
+    if isinstance(duration, (tuple, list)):
+        return f"{duration[0]:g}:{duration[1]:g}"
+    return f"{duration:g}"
+
+
 class SyntheticDataset(Dataset):
     """Synthetic pairs made on the fly (no disk): two synth tracks, B at A's tempo in a compatible key,
-    a teacher recipe's curves. Item i is the same every time (seeded by (seed, i, epoch)); call
+    a teacher recipe's curves. track_duration: seconds of each track, or (min, max) to draw each track's
+    length uniformly (long tracks let the longest blends fit: a 16-bar blend at 120 BPM needs 32 s of both).
+    Item i is the same every time (seeded by (seed, i, epoch)); call
     `set_epoch` for fresh pairs each epoch. `cache` keeps made items in memory (features are small).
     teacher: "sample" draws the recipe from `weights`; "select" renders one random draw of each recipe of a
     shortlist and keeps the best by evaluate.py's composite (data.transitions.select_recipe; ~4 renders per
@@ -341,11 +365,13 @@ class SyntheticDataset(Dataset):
     """
 
     def __init__(self, length: int = 1024, seed: int = 0, n_frames: int = 128, n_mels: int = 128,
-                 track_duration: float = 40.0, weights: dict[str, float] | None = None, with_audio: bool = False,
-                 cache: bool = True, teacher: str = "sample", style_forced: bool = False):
+                 track_duration: TrackDuration = 40.0, weights: dict[str, float] | None = None,
+                 with_audio: bool = False, cache: bool = True, teacher: str = "sample", style_forced: bool = False):
         if teacher not in TEACHERS:
             raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
         self.length, self.seed, self.n_frames, self.n_mels = length, seed, n_frames, n_mels
+        if isinstance(track_duration, (tuple, list)):
+            track_duration = (float(track_duration[0]), float(track_duration[1]))
         self.track_duration, self.weights, self.with_audio = track_duration, weights, with_audio
         self.teacher, self.style_forced = teacher, style_forced
         self.cache = {} if cache else None
@@ -374,10 +400,14 @@ class SyntheticDataset(Dataset):
 
         rng = np.random.default_rng([self.seed, index, self.epoch])
         seed_a, seed_b = (int(s) for s in rng.integers(2**31, size=2))
-        track_a = synthesize_track(seed_a, duration=self.track_duration)
+        if isinstance(self.track_duration, tuple):  # drawn only for a range: fixed-length items stay as they were
+            duration_a, duration_b = rng.uniform(*self.track_duration, size=2)
+        else:
+            duration_a = duration_b = self.track_duration
+        track_a = synthesize_track(seed_a, duration=duration_a)
         truth_a = track_a.truth
         track_b = synthesize_track(seed_b, style=_compatible_style(rng, truth_a["bpm"], truth_a["style"]),
-                                   duration=self.track_duration, bpm=truth_a["bpm"],
+                                   duration=duration_b, bpm=truth_a["bpm"],
                                    key_index=_compatible_key(rng, truth_a["key_index"]))
         pair = pair_from_tracks(track_a.stems, truth_a, track_b.stems, track_b.truth, rng, n_frames=self.n_frames,
                                 weights=self.weights, select=quality_judge if self.teacher == "select" else None,

@@ -65,6 +65,7 @@ from dataset import (
     TransitionDataset,
     augment_item,
     collate,
+    parse_track_duration,
 )
 from effects.params import FULL, get_layout
 from model import (
@@ -104,6 +105,13 @@ class UsageError(Exception):
 
 
 # -- arguments and config ----------------------------------------------------------------------------------------
+def _track_duration(text: str):
+    try:
+        return parse_track_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="train.py", description="Train the DJ-transition diffusion model.")
     g = p.add_argument_group("data")
@@ -111,7 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--synthetic", action="store_true", default=None, help="on-the-fly synthetic pairs, no folder")
     g.add_argument("--synthetic-length", type=int, help="synthetic training pairs per epoch (2048)")
     g.add_argument("--synthetic-val-length", type=int, help="held-out synthetic pairs, another seed (64)")
-    g.add_argument("--track-duration", type=float, help="seconds of each synthetic track (40)")
+    g.add_argument("--track-duration", type=_track_duration, metavar="SECONDS|MIN:MAX",
+                   help="seconds of each synthetic track (40), or a range each track's length is drawn from")
     g.add_argument("--synthetic-fixed", action="store_true", default=None,
                    help="draw the synthetic pairs once and reuse them every epoch (default: fresh pairs each epoch)")
     g.add_argument("--synthetic-cache", type=Path,

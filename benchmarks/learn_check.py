@@ -52,7 +52,14 @@ if str(ROOT) not in sys.path:
 
 import train as train_cli  # noqa: E402
 from data import transitions as T  # noqa: E402
-from dataset import TEACHER_REVISIONS, TEACHERS, SyntheticDataset, collate  # noqa: E402
+from dataset import (  # noqa: E402
+    TEACHER_REVISIONS,
+    TEACHERS,
+    SyntheticDataset,
+    collate,
+    format_track_duration,
+    parse_track_duration,
+)
 from effects.params import FULL, get_layout  # noqa: E402
 from model import load_model  # noqa: E402
 from model.checkpoint import read_checkpoint  # noqa: E402
@@ -113,7 +120,7 @@ def _pool_map(fn, indices: list[int], jobs: int) -> list:
 def train_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--synthetic", "--synthetic-fixed", "--synthetic-length", str(args.train_pairs),
             "--synthetic-val-length", "0", "--synthetic-cache", str(args.cache), "--track-duration",
-            str(args.track_duration), "--model-size", args.model_size, "--steps", str(args.steps),
+            format_track_duration(args.track_duration), "--model-size", args.model_size, "--steps", str(args.steps),
             "--seed", str(args.seed), "--output", str(args.output), "--num-workers", str(args.num_workers),
             "--device", "cpu", "--keep", "0", "--log-every", str(max(1, args.steps // 20)),
             "--save-every", str(args.steps), "--val-every", str(args.steps), "--teacher", args.teacher,
@@ -136,7 +143,7 @@ def prepare_data(args: argparse.Namespace) -> tuple[list[dict], list[dict], obje
     train_set, _, _ = train_cli.make_datasets(targs, cfg)
     m = cfg.model
     eval_dir = Path(args.cache) / (f"learn_check_eval_s{args.seed + EVAL_SEED_OFFSET}_F{m.n_frames}_M{m.n_mels}"
-                                   f"_d{args.track_duration:g}"
+                                   f"_d{format_track_duration(args.track_duration).replace(':', '-')}"
                                    + ("" if args.teacher == "sample" else f"_{args.teacher}")
                                    + (f"_r{TEACHER_REVISIONS[args.teacher]}" if TEACHER_REVISIONS[args.teacher] > 1
                                       else ""))
@@ -306,7 +313,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--config", action="append", default=[], help="train.py --config override (repeatable)")
     p.add_argument("--init", type=Path, help="train.py --init: fine-tune this checkpoint instead of starting afresh")
-    p.add_argument("--track-duration", type=float, default=40.0, help="seconds of each synthetic track")
+    p.add_argument("--track-duration", type=parse_track_duration, default=40.0,
+                   help="seconds of each synthetic track, or MIN:MAX to draw each track's length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher", choices=TEACHERS, default="decide",
                    help="train.py --teacher: recipes drawn at random, selected by quality (the music picks the move), "

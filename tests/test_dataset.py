@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from dataset import STYLE_LABELS, SyntheticDataset, augment_item, build_track_features, collate, frame_times
+from dataset import (
+    STYLE_LABELS,
+    SyntheticDataset,
+    augment_item,
+    build_track_features,
+    collate,
+    format_track_duration,
+    frame_times,
+    parse_track_duration,
+)
 from effects.params import FULL
 
 SR = 44_100
@@ -39,6 +48,28 @@ def test_synthetic_dataset_is_deterministic_and_labelled():
     assert 0 <= first["style"] < len(STYLE_LABELS)
     ds.set_epoch(1)
     assert not torch.equal(first["curves"], ds[0]["curves"])
+
+
+def test_synthetic_track_duration_range(monkeypatch):
+    import data.synth
+
+    drawn, real = [], data.synth.synthesize_track
+
+    def recording(seed, *args, duration, **kwargs):
+        drawn.append(duration)
+        return real(seed, *args, duration=duration, **kwargs)
+
+    monkeypatch.setattr(data.synth, "synthesize_track", recording)
+    ds = SyntheticDataset(length=3, seed=5, n_frames=32, track_duration=(14.0, 30.0), cache=False)
+    curves = [ds[i]["curves"] for i in range(3)]
+    assert len(drawn) == 6 and all(14.0 <= d <= 30.0 for d in drawn) and len(set(drawn)) == 6  # per track
+    drawn.clear()
+    assert torch.equal(ds[1]["curves"], curves[1]) and len(set(drawn)) == 2  # the same lengths again
+    assert parse_track_duration("40") == 40.0 and parse_track_duration("40:90") == (40.0, 90.0)
+    assert format_track_duration(parse_track_duration("40:90")) == "40:90" and format_track_duration(40.0) == "40"
+    for bad in ("90:40", "4", "forty", "1:2:3"):
+        with pytest.raises(ValueError, match="MIN:MAX"):
+            parse_track_duration(bad)
 
 
 def test_synthetic_dataset_teachers():
