@@ -216,6 +216,18 @@ class AudioLoss(nn.Module):
         return self.stft(self.mixer(stems_a, stems_b, curves, layout=self.layout, bpm=bpm), target)
 
 
+def param_loss_weights(layout, weights: Mapping[str, float]) -> torch.Tensor:
+    """[P] per-parameter weights of the diffusion loss: `weights` by name, 1 elsewhere, scaled to a mean of 1 (so
+    the loss keeps its scale and the learning rate its meaning). Unknown names raise ValueError."""
+    unknown = sorted(set(weights) - set(layout.names))
+    if unknown:
+        raise ValueError(f"train.param_loss_weights: no parameter {unknown} in layout {layout.name!r}")
+    w = torch.tensor([float(weights.get(name, 1.0)) for name in layout.names])
+    if not w.sum() > 0:
+        raise ValueError("train.param_loss_weights: at least one parameter needs a weight above 0")
+    return w / w.mean()
+
+
 # -- the model ---------------------------------------------------------------------------------------------------
 class TransitionDiffusion(nn.Module):
     """Conditioning encoder + DiT denoiser + cosine schedule; `forward(batch)` is the training loss.
@@ -238,6 +250,8 @@ class TransitionDiffusion(nn.Module):
         self.denoiser = DiT(cfg.model)
         self.schedule = NoiseSchedule(cfg.diffusion.train_timesteps, cfg.diffusion.prediction)
         self.sampler = DDIMSampler(self.schedule, cfg.diffusion.clip_x0)
+        self.register_buffer("param_weights", param_loss_weights(self.layout, cfg.train.param_loss_weights),
+                             persistent=False)  # not in checkpoints: the config holds it
         # Built here, not on first use: a submodule added later would differ from the EMA copy's.
         # It holds no parameters and only non-persistent buffers, so checkpoints are unchanged.
         self.audio_loss_fn = AudioLoss(self.layout.name)
@@ -279,7 +293,7 @@ class TransitionDiffusion(nn.Module):
         x0 = curves.float() * 2 - 1
         x_t = self.schedule.add_noise(x0, noise, t)
         out = self.denoiser(x_t, t, cond, mask)
-        mse = masked_mean((out - self.schedule.target(x0, noise, t)).square(), mask)
+        mse = masked_mean((out - self.schedule.target(x0, noise, t)).square() * self.param_weights, mask)
 
         curves_pred = (self.schedule.predict_x0(x_t, out, t) + 1) / 2  # unclamped: gradients everywhere
         smooth = mse.new_zeros(())

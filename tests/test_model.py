@@ -258,6 +258,28 @@ def test_loss_ignores_padding_frames():
     assert not torch.allclose(model(dict(batch, curves=valid_changed), generator=gen(9))["mse"], base["mse"])
 
 
+def test_param_loss_weights_weigh_the_named_parameters():
+    from effects.params import FULL
+
+    only_master = {name: 0.0 for name in FULL.names if name != "master_gain"}
+    model = create_model(tiny(train__param_loss_weights=only_master))
+    assert model.param_weights.mean().item() == pytest.approx(1.0) and model.param_weights.max().item() == P
+    batch = make_batch(batch=2, n_frames=16)
+    base = model(batch, generator=gen(3))["mse"]
+    col = FULL.names.index("master_gain")
+    other, master = batch["curves"].clone(), batch["curves"].clone()
+    other[..., col - 1] = 1 - other[..., col - 1]
+    master[..., col] = 1 - master[..., col]
+    assert torch.equal(model(dict(batch, curves=other), generator=gen(3))["mse"], base)  # weight 0: not seen
+    assert not torch.allclose(model(dict(batch, curves=master), generator=gen(3))["mse"], base)
+    plain = create_model(tiny())
+    assert torch.equal(plain.param_weights, torch.ones(P)) and "param_weights" not in plain.state_dict()
+    with pytest.raises(ValueError, match="no parameter"):
+        create_model(tiny(train__param_loss_weights={"master_volume": 2.0}))
+    with pytest.raises(ValueError, match="param_loss_weights"):
+        tiny(train__param_loss_weights={"master_gain": -1.0})
+
+
 def test_conditioning_ignores_padded_feature_frames():
     model = create_model(tiny())
     a, b = feats(2, 12), feats(2, 12, seed=1)
