@@ -262,8 +262,9 @@ class TransitionDiffusion(nn.Module):
                 cond_dropout: float | None = None, style_dropout: float | None = None) -> dict[str, torch.Tensor]:
         """Training loss. Weights and dropout probabilities default to the config (a validation loss as at
         inference: cond_dropout=0, style_dropout=1, i.e. full track conditioning and the style left free).
-        Returns {"loss", "mse", "smooth", "audio"} (scalars) and "cond_dropped" ([B] bool: samples trained with
-        the NULL conditioning, drawn per sample)."""
+        Returns {"loss", "mse", "smooth", "audio"} (scalars; "mse" weighted per parameter by
+        train.param_loss_weights) and "cond_dropped" ([B] bool: samples trained with the NULL conditioning, drawn
+        per sample)."""
         cfg, dcfg = self.config, self.config.diffusion
         cond_dropout = dcfg.cond_dropout if cond_dropout is None else cond_dropout
         style_dropout = dcfg.style_dropout if style_dropout is None else style_dropout
