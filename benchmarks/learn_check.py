@@ -58,7 +58,6 @@ from dataset import (  # noqa: E402
     SyntheticDataset,
     collate,
     format_track_duration,
-    parse_track_duration,
 )
 from effects.params import FULL, get_layout  # noqa: E402
 from model import load_model  # noqa: E402
@@ -313,7 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--config", action="append", default=[], help="train.py --config override (repeatable)")
     p.add_argument("--init", type=Path, help="train.py --init: fine-tune this checkpoint instead of starting afresh")
-    p.add_argument("--track-duration", type=parse_track_duration, default=40.0,
+    p.add_argument("--track-duration", type=train_cli._track_duration, default=40.0,
                    help="seconds of each synthetic track, or MIN:MAX to draw each track's length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher", choices=TEACHERS, default="decide",
