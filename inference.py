@@ -54,7 +54,7 @@ from data.stems import (
     separate_windows,
 )
 from data.transitions import RECIPES, sample_recipe
-from dataset import build_track_features, style_index
+from dataset import STYLE_LABELS, build_track_features, style_index
 from effects.mixer import DifferentiableDJMixer
 from effects.output import LimiterReport, limit_true_peak, loudness_compensate
 from effects.params import FULL, SAMPLE_RATE
@@ -81,6 +81,7 @@ RULE_FRAMES = 128  # curve frames of the rule planner (the model uses its config
 CEILING_DB = -1.0
 DEMO_SECONDS = 60.0
 STYLES = tuple(sorted(RECIPES))
+FREE_STYLE = "free"  # --style free: no label, the move left to the diffusion sampler (not the move head)
 
 
 class InferenceError(RuntimeError):
@@ -259,6 +260,7 @@ class RulePlanner:
         self.n_frames = n_frames
 
     def propose(self, clip: Clip, k: int, seed: int, style: str | None = None, **_) -> tuple[np.ndarray, list[str]]:
+        style = None if style == FREE_STYLE else style
         ctx = clip.context(self.n_frames)
         draw = np.random.default_rng([seed, 1])
         default = "equal_power_fade" if clip.plan.time_based else "bass_swap"
@@ -285,18 +287,25 @@ class ModelPlanner:
         feats_a, feats_b = self.features(clip)
         if k > 1:
             feats_a, feats_b = feats_a.repeat_interleave(k), feats_b.repeat_interleave(k)
-        label = None
+        label, names = None, [style if style != FREE_STYLE else None] * k
         if style is not None:
             if self.model.config.model.n_styles > 0:
-                label = torch.tensor([style_index(style)])
-            else:
+                label = torch.tensor([-1 if style == FREE_STYLE else style_index(style)])
+            elif style != FREE_STYLE:
                 log.warning("this model was trained without style labels: --style %s is ignored", style)
+        else:
+            probs = self.model.move_probs(feats_a, feats_b)
+            if probs is not None:  # the move head picks the move; the sampler shapes it
+                label = probs.argmax(-1)
+                best = int(label[0])
+                names = [STYLE_LABELS[best]] * k
+                log.info("the model's move head chose %s (p = %.2f)", STYLE_LABELS[best], float(probs[0, best]))
         generator = torch.Generator().manual_seed(int(seed))
         with _single_thread_on_cpu(next(self.model.parameters()).device):
             curves = self.model.sample(feats_a, feats_b, n_frames=self.model.config.model.n_frames, steps=steps,
                                        guidance_scale=guidance_scale, generator=generator, style=label)
         curves = self.model.layout.expand_to(curves.float().cpu(), FULL)
-        return curves.numpy().astype(np.float32), [None] * k
+        return curves.numpy().astype(np.float32), names
 
 
 # ------------------------------------------------------------------------------------------------
@@ -482,7 +491,8 @@ def generate_transition(
         cue_a / cue_b: manual cue times (s) on A's / B's own timeline, snapped to downbeats.
         context: seconds of A before and of B after the blend in the output; full_mix: all of A, the
             transition, the rest of B.
-        steps, guidance_scale, seed, style: sampling (style: a recipe label, see data/transitions.RECIPES).
+        steps, guidance_scale, seed, style: sampling (style: a recipe label, see data/transitions.RECIPES;
+            None = the model's move head chooses, where it has one; "free" = the style left to the sampler).
         candidates: sample K transitions and keep the best by evaluate.score_transition's composite.
         separator: spec or Separator for tracks without stems; stems_a / stems_b: whole-track stems
             (a folder of {drums,bass,vocals,other}.{wav,flac} or a [4, 2, N] tensor).
@@ -500,8 +510,8 @@ def generate_transition(
         raise InferenceError(f"--steps must be >= 1, got {steps}")
     if not (context >= 0 and math.isfinite(context)):
         raise InferenceError(f"--context must be >= 0 seconds, got {context}")
-    if style is not None and style not in RECIPES:
-        raise InferenceError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
+    if style is not None and style not in RECIPES and style != FREE_STYLE:
+        raise InferenceError(f"unknown style {style!r}; choose one of {', '.join(STYLES)} or {FREE_STYLE}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -725,7 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same transition)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--style", default=None, choices=STYLES, help="transition style (a recipe label)")
+    parser.add_argument("--style", default=None, choices=(*STYLES, FREE_STYLE),
+                        help="transition style (a recipe label); default: the model's move head picks it where the "
+                             "model has one; 'free': the sampler's noise picks it")
     parser.add_argument("--cue-a", type=float, default=None, help="manual blend start in A (s, snapped to a downbeat)")
     parser.add_argument("--cue-b", type=float, default=None, help="manual entry point in B (s, snapped to a downbeat)")
     parser.add_argument("--separator", default=None,

@@ -417,6 +417,9 @@ def make_datasets(args: argparse.Namespace, cfg: Config) -> tuple[PairItems, Pai
     return train, val, preview
 
 
+LOGGED_LOSSES = ("loss", "mse", "smooth", "audio", "move")  # TransitionDiffusion.forward's scalars, as logged
+
+
 def model_batch(batch: dict, device: torch.device, use_style: bool) -> dict[str, Any]:
     """dataset.collate's batch (TransitionDiffusion's keys) on the device; style only for a style-aware model."""
     if "curves" not in batch:
@@ -664,7 +667,13 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     if args.init is not None and resume_path is None:
         init = read_checkpoint(args.init)
         cfg = build_config(args, init["config"])
-        problems = config_mismatches(config_from_dict(init["config"]), cfg)
+        if cfg.train.train_only and not any(c.split("=")[0].strip() == "train.train_only" for c in args.config):
+            # what the checkpoint's run trained is no default for a new run (a fitted head would freeze the rest)
+            cfg = cfg.override({"train.train_only": ""})
+        init_cfg = config_from_dict(init["config"])
+        problems = config_mismatches(init_cfg, cfg)
+        if cfg.model.move_head and not init_cfg.model.move_head:  # a move head fitted to a trained model
+            problems = [p for p in problems if not p.startswith("move_head:")]
         if problems:
             raise UsageError(f"--init {args.init}: the flags change the model it holds: " + "; ".join(problems))
     else:
@@ -686,12 +695,19 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     torch.manual_seed(tc.seed)
     net = TransitionDiffusion(cfg).to(device)
     if init is not None:  # both copies start from the weights inference would use
-        load_weights(net, init, args.init)
+        load_weights(net, init, args.init, new_parts=("move_head",) if cfg.model.move_head else ())
         log.info("fine-tuning from %s (step %s of its run)", args.init, init.get("step", "?"))
         del init
+    if tc.train_only == "move_head":  # everything else frozen: the model's curves stay exactly as they were
+        if net.move_head is None:
+            raise UsageError("train.train_only=move_head needs --config model.move_head=true")
+        for name, p in net.named_parameters():
+            p.requires_grad_(name.startswith("move_head."))
+        log.info("fitting the move head only (%d parameters); every other weight is frozen",
+                 sum(p.numel() for p in net.move_head.parameters()))
     ema = create_ema(net, tc.ema_decay)
     decay, no_decay = [], []
-    for p in net.parameters():
+    for p in (p for p in net.parameters() if p.requires_grad):
         (decay if p.dim() >= 2 else no_decay).append(p)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tuple(tc.betas))
@@ -778,7 +794,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     consumed = epoch * batches_per_epoch + start_batch  # batches this rank has taken, counted from epoch 0
     first_step = step
     gen = torch.Generator(device=device)
-    sums = torch.zeros(5, device=device)  # loss, mse, smooth, audio, grad norm over the logging interval
+    sums = torch.zeros(6, device=device)  # loss, mse, smooth, audio, move, grad norm over the logging interval
     n_summed, busy, rate = 0, 0.0, None  # busy: seconds spent in steps (data + compute) since the last log
     batches = iter(loader)
     bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True, disable=not master)
@@ -796,15 +812,14 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
                     with torch.autocast(device.type, torch.bfloat16, enabled=amp):
                         losses = model(batch, generator=gen)
                     (losses["loss"] / args.grad_accum).backward()
-                sums[:4] += torch.stack([losses[k].detach().float() for k in ("loss", "mse", "smooth", "audio")]) \
-                    / args.grad_accum
+                sums[:5] += torch.stack([losses[k].detach().float() for k in LOGGED_LOSSES]) / args.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             ema.update_parameters(net)
             step += 1
-            sums[4] += grad_norm.detach().float()
+            sums[5] += grad_norm.detach().float()
             n_summed += 1
             dt = time.perf_counter() - t0
             busy += dt
@@ -814,7 +829,8 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
             if step % tc.log_every == 0 or step == tc.steps:
                 mean = _reduce_mean(sums / n_summed, world).tolist()
                 record = {"kind": "train", "step": step, "epoch": consumed / batches_per_epoch, "loss": mean[0],
-                          "mse": mean[1], "smooth": mean[2], "audio": mean[3], "grad_norm": mean[4], "lr": lr,
+                          "mse": mean[1], "smooth": mean[2], "audio": mean[3], "move": mean[4], "grad_norm": mean[5],
+                          "lr": lr,
                           "samples_per_s": per_step * n_summed / busy}
                 sums.zero_()
                 n_summed, busy = 0, 0.0

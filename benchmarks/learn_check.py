@@ -242,6 +242,10 @@ def measure(args: argparse.Namespace, model, train_items: list[dict], eval_items
                 pred = x0_prediction(model, batch, t, args.seed + start, False, style)
                 add(f"x0 @ {label}, cond + style", _mse(pred, target, mask))
         fa, fb = batch["feats_a"], batch["feats_b"]
+        probs = model.move_probs(fa, fb)  # None without a move head
+        if probs is not None:  # its choice against the teacher's label, on the pairs that have one
+            known = style >= 0
+            mse_all.setdefault("move_right", []).append((probs.argmax(-1) == style)[known].float().numpy())
         if styled:
             gen = torch.Generator().manual_seed(args.seed + 1000 + start)
             s = model.sample(fa, fb, n_frames=target.shape[1], steps=args.sample_steps,
@@ -251,7 +255,13 @@ def measure(args: argparse.Namespace, model, train_items: list[dict], eval_items
             gen = torch.Generator().manual_seed(args.seed + 1000 + start)
             s = model.sample(fa, fb, n_frames=target.shape[1], steps=args.sample_steps, guidance_scale=scale,
                              generator=gen)
-            add(f"DDIM sample, guidance {scale:g}", _mse(s, target, mask), s)
+            add(f"DDIM sample, guidance {scale:g}" + (", move head's style" if probs is not None else ""),
+                _mse(s, target, mask), s)
+            if probs is not None and scale == args.guidance[-1]:  # the same noise with the style left free
+                gen = torch.Generator().manual_seed(args.seed + 1000 + start)
+                free = model.sample(fa, fb, n_frames=target.shape[1], steps=args.sample_steps, guidance_scale=scale,
+                                    generator=gen, style=torch.full((n,), -1))
+                add(f"DDIM sample, guidance {scale:g}, style free", _mse(free, target, mask), free)
             if scale == args.guidance[-1]:
                 samples = [s]
                 for k in range(1, max(args.mean_of, 2)):
@@ -277,13 +287,19 @@ def measure(args: argparse.Namespace, model, train_items: list[dict], eval_items
     teacher = rule_measures(np.concatenate(teacher_all), contexts)
     table["teacher (reference)"] = {"mse": 0.0, "ratio_to_mean_curve": 0.0, **teacher}
     last = args.guidance[-1]
-    a, b = table[f"DDIM sample, guidance {last:g}"], table[f"DDIM sample, guidance {last:g}, 2nd seed"]
+    main = f"DDIM sample, guidance {last:g}" + (", move head's style" if "move_right" in mse_all else "")
+    a, b = table[main], table[f"DDIM sample, guidance {last:g}, 2nd seed"]
     both_ok = float(np.mean(a["_ok"] & b["_ok"]))
     diversity = {"seed_mse": float(np.concatenate(mse_all["seed_diff"]).mean()), "both_seeds_keep_rules": both_ok,
                  "guidance": last}
     for entry in table.values():
         entry.pop("_ok", None)
-    return {"baseline_mse": baseline, "table": table, "diversity": diversity}
+    report = {"baseline_mse": baseline, "table": table, "diversity": diversity}
+    if "move_right" in mse_all:
+        right = np.concatenate(mse_all["move_right"])
+        accuracy = float(right.mean()) if right.size else float("nan")
+        report["move_head"] = {"accuracy": accuracy, "pairs": int(right.size)}
+    return report
 
 
 def print_table(report: dict) -> None:
@@ -296,6 +312,9 @@ def print_table(report: dict) -> None:
     d = report["diversity"]
     print(f"seed diversity (guidance {d['guidance']:g}): MSE between two seeds {d['seed_mse']:.4f}; "
           f"both seeds keep both rules on {d['both_seeds_keep_rules']:.2f} of pairs")
+    if "move_head" in report:
+        m = report["move_head"]
+        print(f"move head: the teacher's move on {m['accuracy']:.3f} of {m['pairs']} held-out pairs")
     print("hand@db: fraction of pairs whose bass handover is within one beat of a downbeat (no handover = miss); "
           "no clash: fraction with vocal_overlap == 0")
 

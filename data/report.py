@@ -162,7 +162,9 @@ PARAMS_SCHEMA: dict = {
         "generator": _obj({
             "kind": {"enum": ["model", "rules"]},
             "model_path": _STR_OR_NULL,
-            "recipe": {**_STR_OR_NULL, "description": "the rule planner's recipe (data/transitions.RECIPES)"},
+            "recipe": {**_STR_OR_NULL, "description": (
+                "the move played (a data/transitions.RECIPES label): the rule planner's recipe, the --style asked "
+                "for, or the model's move head's choice; null when the model's sampler chose it (--style free)")},
             "style": _STR_OR_NULL,
             "seed": {"type": ["integer", "null"]},
             "guidance_scale": _NUM_OR_NULL,

@@ -206,12 +206,14 @@ def config_mismatches(saved: Config, current: Config) -> list[str]:
     return out
 
 
-def _load_state(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, what: str) -> None:
-    """load_state_dict that reports every missing, unexpected and mis-shaped tensor by name."""
+def _load_state(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, what: str,
+                new_parts: tuple[str, ...] = ()) -> None:
+    """load_state_dict that reports every missing, unexpected and mis-shaped tensor by name. Tensors under the
+    submodule names in new_parts may be missing from the checkpoint (they keep the model's own values)."""
     own = module.state_dict()
     problems = [f"{name}: checkpoint {list(state[name].shape)}, model {list(own[name].shape)}"
                 for name in state if name in own and state[name].shape != own[name].shape]
-    missing = sorted(set(own) - set(state))
+    missing = sorted(n for n in set(own) - set(state) if n.split(".")[0] not in new_parts)
     unexpected = sorted(set(state) - set(own))
     if missing:
         problems.append(f"missing in checkpoint: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
@@ -219,7 +221,7 @@ def _load_state(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path
         problems.append(f"unexpected in checkpoint: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
     if problems:
         raise CheckpointError(f"{path}: {what} weights do not fit the model: " + "; ".join(problems))
-    module.load_state_dict(state)
+    module.load_state_dict(state, strict=not new_parts)
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, ema: AveragedModel | None = None,
@@ -277,16 +279,18 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> T
     return load_weights(model, ckpt, path).to(device).eval()
 
 
-def load_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str | os.PathLike) -> nn.Module:
+def load_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str | os.PathLike,
+                 new_parts: tuple[str, ...] = ()) -> nn.Module:
     """Put a read checkpoint's EMA weights (its raw ones, with a warning, when it has none) into `model`;
-    tensors are cast to the model's dtype (exported fp16 weights load into a float32 model)."""
+    tensors are cast to the model's dtype (exported fp16 weights load into a float32 model). new_parts: names of
+    submodules the checkpoint may lack (e.g. ("move_head",) when fitting a move head to a trained model)."""
     path = Path(path)
     net = _unwrap(model)
     if ckpt.get("ema") is not None:
-        _load_state(net, ckpt["ema"], path, "EMA")
+        _load_state(net, ckpt["ema"], path, "EMA", new_parts)
     elif ckpt.get("model") is not None:
         log.warning("%s holds no EMA weights; loading the raw training weights", path)
-        _load_state(net, ckpt["model"], path, "model")
+        _load_state(net, ckpt["model"], path, "model", new_parts)
     else:
         raise CheckpointError(f"{path}: holds no model weights")
     return model

@@ -54,6 +54,7 @@ class ModelConfig(_Replace):
     n_frames: int = 128  # default number of curve frames (any other count works too)
     layout: str = "full"  # effects.params layout name; sets n_params
     n_styles: int = 0  # optional transition-style labels (0 = no style embedding)
+    move_head: bool = False  # a move classifier (model/move.py) picks the style when none is given; needs n_styles
     dropout: float = 0.0
 
     @property
@@ -71,6 +72,8 @@ class ModelConfig(_Replace):
         sizes = (self.n_layers, self.cond_pool, self.n_frames, self.patch_size)
         if min(sizes) < 1 or self.cond_layers < 0 or self.n_styles < 0:
             raise ValueError("n_layers, cond_pool, n_frames, patch_size must be >= 1; cond_layers, n_styles >= 0")
+        if self.move_head and not self.n_styles:
+            raise ValueError("move_head=True needs style labels to choose from (n_styles > 0)")
 
 
 @dataclass(frozen=True)
@@ -126,12 +129,18 @@ class TrainConfig(_Replace):
     # although the listener hears it first: {"master_gain": 8} asks for it.
     param_loss_weights: dict[str, float] = field(default_factory=dict)
     audio_loss_weight: float = 0.0  # multi-resolution STFT of the rendered mix (0 = off; costly)
+    move_loss_weight: float = 1.0  # cross-entropy of the move head (model.move_head), added to the diffusion loss
+    # "" trains everything; "move_head" fits only the move head, every other weight frozen and the diffusion loss
+    # not computed (a head added to a trained model with --init: the model's curves stay bit for bit the same).
+    train_only: str = ""
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 5000
     num_workers: int = 2
 
     def __post_init__(self):
+        if self.train_only not in ("", "move_head"):
+            raise ValueError(f"train_only must be '' or 'move_head', got {self.train_only!r}")
         weights = self.param_loss_weights
         if not isinstance(weights, dict) or not all(
                 isinstance(k, str) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0

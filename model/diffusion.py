@@ -26,6 +26,7 @@ from effects.params import get_layout
 from model.conditioning import Conditioning, ConditioningEncoder, TrackFeatures
 from model.config import Config, get_config
 from model.denoiser import DiT
+from model.move import MoveHead
 
 
 # -- schedule ----------------------------------------------------------------------------------------------------
@@ -248,6 +249,7 @@ class TransitionDiffusion(nn.Module):
         self.layout = get_layout(cfg.model.layout)
         self.encoder = ConditioningEncoder(cfg.model)
         self.denoiser = DiT(cfg.model)
+        self.move_head = MoveHead(cfg.model.n_styles) if cfg.model.move_head else None
         self.schedule = NoiseSchedule(cfg.diffusion.train_timesteps, cfg.diffusion.prediction)
         self.sampler = DDIMSampler(self.schedule, cfg.diffusion.clip_x0)
         self.register_buffer("param_weights", param_loss_weights(self.layout, cfg.train.param_loss_weights),
@@ -262,9 +264,10 @@ class TransitionDiffusion(nn.Module):
                 cond_dropout: float | None = None, style_dropout: float | None = None) -> dict[str, torch.Tensor]:
         """Training loss. Weights and dropout probabilities default to the config (a validation loss as at
         inference: cond_dropout=0, style_dropout=1, i.e. full track conditioning and the style left free).
-        Returns {"loss", "mse", "smooth", "audio"} (scalars; "mse" weighted per parameter by
-        train.param_loss_weights) and "cond_dropped" ([B] bool: samples trained with the NULL conditioning, drawn
-        per sample)."""
+        Returns {"loss", "mse", "smooth", "audio", "move"} (scalars; "mse" weighted per parameter by
+        train.param_loss_weights; "move" the move head's cross-entropy, 0 without one) and "cond_dropped" ([B]
+        bool: samples trained with the NULL conditioning, drawn per sample). With train.train_only="move_head"
+        only the move head's loss is computed (no random draws; the rest of the model gets no gradient)."""
         cfg, dcfg = self.config, self.config.diffusion
         cond_dropout = dcfg.cond_dropout if cond_dropout is None else cond_dropout
         style_dropout = dcfg.style_dropout if style_dropout is None else style_dropout
@@ -277,6 +280,16 @@ class TransitionDiffusion(nn.Module):
                              f"{len(self.layout)}")
         device = curves.device
         mask = None if mask is None else mask.to(device, torch.bool)
+        move = curves.new_zeros((), dtype=torch.float32)
+        if self.move_head is not None:
+            move = self.move_head.loss(batch["feats_a"].to(device), batch["feats_b"].to(device), batch.get("style"),
+                                       batch.get("style_forced"))
+        if cfg.train.train_only == "move_head":
+            if self.move_head is None:
+                raise ValueError("train.train_only='move_head' needs a model with model.move_head=True")
+            zero = move.new_zeros(())
+            return {"loss": move, "mse": zero, "smooth": zero, "audio": zero, "move": move.detach(),
+                    "cond_dropped": torch.zeros(batch_size, dtype=torch.bool, device=device)}
 
         # Every random draw, in a fixed order, from one generator: a resumed run draws the same numbers.
         t = (_rand((batch_size,), generator, device) * self.schedule.timesteps).long().clamp_max(
@@ -303,9 +316,9 @@ class TransitionDiffusion(nn.Module):
         audio = mse.new_zeros(())
         if audio_weight > 0 and batch.get("target_audio") is not None:
             audio = self._audio_loss(batch, curves_pred)
-        loss = mse + smoothness_weight * smooth + audio_weight * audio
+        loss = mse + smoothness_weight * smooth + audio_weight * audio + cfg.train.move_loss_weight * move
         return {"loss": loss, "mse": mse.detach(), "smooth": smooth.detach(), "audio": audio.detach(),
-                "cond_dropped": drop}
+                "move": move.detach(), "cond_dropped": drop}
 
     def loss(self, batch: Mapping[str, Any], **kwargs) -> dict[str, torch.Tensor]:
         """Alias of forward (under DDP call the wrapper, ddp_model(batch), so gradients are synchronised)."""
@@ -327,6 +340,18 @@ class TransitionDiffusion(nn.Module):
         return self.encoder(feats_a, feats_b, style=style)
 
     @torch.no_grad()
+    def move_probs(self, feats_a: TrackFeatures, feats_b: TrackFeatures) -> torch.Tensor | None:
+        """[B, n_styles] the move head's probability of each style label, or None without a move head."""
+        if self.move_head is None:
+            return None
+        was_training = self.training
+        self.eval()
+        try:
+            return self.move_head(feats_a.to(self._device()), feats_b.to(self._device())).float().softmax(-1)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
     def sample(self, feats_a: TrackFeatures, feats_b: TrackFeatures, n_frames: int | None = None,
                steps: int | None = None, eta: float | None = None, guidance_scale: float | None = None,
                generator: torch.Generator | None = None, style=None, noise: torch.Tensor | None = None,
@@ -336,9 +361,12 @@ class TransitionDiffusion(nn.Module):
         The conditioning is encoded once; each DDIM step is one denoiser call on [x; x] with [cond; null]
         (guidance_scale == 1 skips the NULL half). Same generator seed -> same curves. The result goes through
         median_smooth (config.diffusion.median_frames) then tv_smooth (config.diffusion.tv_weight); with 1 and 0
-        it is the raw DDIM output.
+        it is the raw DDIM output. style: labels [B] or [1], -1 = left free; None = the move head's choice where
+        the model has one (model.move_head), else free.
         """
         dcfg = self.config.diffusion
+        if style is None and self.move_head is not None:
+            style = self.move_probs(feats_a, feats_b).argmax(-1)
         n_frames = n_frames or self.config.model.n_frames
         steps = steps or dcfg.inference_steps
         eta = dcfg.eta if eta is None else eta

@@ -24,8 +24,9 @@ from data.keys import key_index
 from data.pairs import analysis_from_truth
 from data.report import read_params
 from data.synth import synthesize_track, write_track
+from dataset import STYLE_LABELS
 from effects.output import true_peak_db
-from model import create_ema, create_model, save_checkpoint
+from model import create_ema, create_model, get_config, save_checkpoint
 
 SR = 44_100
 SECONDS = 32.0
@@ -207,6 +208,24 @@ def test_model_checkpoint_samples_deterministically(work, tiny_checkpoint):
     gen = first.params["generator"]
     assert gen["kind"] == "model" and gen["model_path"] == str(tiny_checkpoint)
     assert gen["guidance_scale"] == 2.0 and gen["steps"] == 2 and gen["recipe"] is None
+
+
+def test_a_move_head_picks_the_style_and_params_json_names_it(work, tmp_path):
+    """A model with a move head: its argmax is the style the sampler is conditioned on (the same curves as asking
+    for that style), params.json's generator.recipe names it; --style free leaves the move to the sampler."""
+    torch.manual_seed(0)
+    model = create_model(get_config("tiny", model__n_styles=9, model__move_head=True))
+    with torch.no_grad():  # a head sure of filter_sweep, and a denoiser off adaLN-Zero's init
+        model.move_head.net[-1].bias.copy_(torch.arange(9) == STYLE_LABELS.index("filter_sweep")).mul_(20.0)
+        for p in model.denoiser.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path / "head.pt"
+    save_checkpoint(path, model, ema=create_ema(model))
+    auto, asked, free = (run_api(work, model=path, steps=2, bars=4, context=2.0, style=style)
+                         for style in (None, "filter_sweep", "free"))
+    assert auto.params["generator"]["recipe"] == "filter_sweep" and auto.params["generator"]["style"] is None
+    assert np.array_equal(auto.curves, asked.curves) and not np.array_equal(auto.curves, free.curves)
+    assert free.params["generator"]["recipe"] is None
 
 
 def test_default_model_is_used_when_present(monkeypatch, tiny_checkpoint, tmp_path, caplog):

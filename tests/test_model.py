@@ -93,7 +93,7 @@ def test_track_features_batching_pads_and_masks():
 def test_shapes_end_to_end_loss_and_sample():
     model = create_model(tiny())
     out = model(make_batch(), generator=gen(0))
-    assert set(out) == {"loss", "mse", "smooth", "audio", "cond_dropped"}
+    assert set(out) == {"loss", "mse", "smooth", "audio", "move", "cond_dropped"}
     assert out["loss"].shape == () and out["cond_dropped"].shape == (4,)
     out["loss"].backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -396,3 +396,68 @@ def test_tracks_of_different_lengths_and_swapped_roles():
     curves = model.sample(a, b, n_frames=16, steps=3, generator=gen(0))
     assert torch.isfinite(curves).all()
     assert not torch.allclose(model.encode(b, a).pooled, cond.pooled)  # A and B are not interchangeable
+
+
+# -- the move head -------------------------------------------------------------------------------------------------
+def _leveled(late_loud: torch.Tensor, n_frames: int = 32, seed: int = 0) -> tuple[TrackFeatures, TrackFeatures]:
+    """Random features whose A is 6 dB louder in its second half where late_loud [B] is True."""
+    a, b = feats(len(late_loud), n_frames, seed), feats(len(late_loud), n_frames, seed + 1)
+    boost = torch.zeros(len(late_loud), n_frames)
+    boost[:, n_frames // 2:] = late_loud[:, None].float() * 6.0 / 10 * 2.302585  # +6 dB in natural-log power
+    mels = a.stem_mels + boost[:, None, None, :]
+    return TrackFeatures(**{**a.__dict__, "stem_mels": mels, "energy": a.energy * (1 + boost).sqrt()}), b
+
+
+def test_move_head_loss_only_counts_the_musics_own_labels():
+    model = create_model(tiny(model__n_styles=3, model__move_head=True))
+    a, b = feats(4), feats(4, seed=1)
+    head = model.move_head
+    logits = head(a, b)
+    assert logits.shape == (4, 3)
+    style, forced = torch.tensor([0, -1, 2, 1]), torch.tensor([False, False, True, False])
+    expected = torch.nn.functional.cross_entropy(logits[[0, 3]], style[[0, 3]])
+    assert torch.allclose(head.loss(a, b, style, forced), expected)
+    none = head.loss(a, b, torch.tensor([-1, -1, -1, -1]))
+    none.backward()  # no labelled sample: zero, and still differentiable
+    assert none.item() == 0.0
+    with pytest.raises(ValueError, match="n_styles"):
+        tiny(model__move_head=True)
+
+
+def test_move_head_learns_a_level_rule_and_sampling_follows_its_choice():
+    model = create_model(tiny(model__n_styles=3, model__move_head=True))
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.move_head.parameters(), lr=3e-3)
+    for step in range(120):
+        loud = torch.rand(16, generator=g) < 0.5
+        a, b = _leveled(loud, seed=step)
+        loss = model.move_head.loss(a, b, torch.where(loud, 2, 0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    loud = torch.tensor([True, False] * 16)
+    a, b = _leveled(loud, seed=999)
+    choice = model.move_probs(a, b).argmax(-1)
+    assert (choice == torch.where(loud, 2, 0)).float().mean() > 0.9
+    with torch.no_grad():  # off adaLN-Zero's init, where the denoiser's output ignores the conditioning
+        for p in model.denoiser.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    four = torch.arange(4)
+    a, b, choice = a.index_select(four), b.index_select(four), choice[:4]
+    auto = model.sample(a, b, n_frames=16, steps=3, generator=gen(1))
+    chosen = model.sample(a, b, n_frames=16, steps=3, generator=gen(1), style=choice)
+    free = model.sample(a, b, n_frames=16, steps=3, generator=gen(1), style=torch.full((4,), -1))
+    assert torch.equal(auto, chosen) and not torch.equal(auto, free)
+
+
+def test_train_only_move_head_computes_only_its_loss():
+    model = create_model(tiny(model__n_styles=3, model__move_head=True, train__train_only="move_head"))
+    batch = make_batch()
+    batch["style"] = torch.tensor([0, 1, 2, 0])
+    out = model(batch, generator=gen(0))
+    assert out["mse"].item() == 0.0 and out["loss"].item() == out["move"].item() > 0
+    out["loss"].backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all(n.startswith("move_head.") for n in grads)
+    with pytest.raises(ValueError, match="train_only"):
+        tiny(train__train_only="encoder")

@@ -142,6 +142,27 @@ def test_init_fine_tunes_an_exported_model(resumed_runs, cache, tmp_path, capsys
     assert not (tmp_path / "other").exists()
 
 
+def test_a_move_head_fitted_to_a_trained_model_leaves_its_curves_as_they_were(cache, tmp_path):
+    """--init + model.move_head + train.train_only=move_head: only the new head learns; every other weight (raw and
+    EMA) is the base model's EMA, bit for bit."""
+    base, out = tmp_path / "base", tmp_path / "head"
+    styled = ("--config", "model.n_styles=9", "--val-every", "100")
+    assert train.main(tiny_args(base, cache, *styled, "--steps", "2")) == 0
+    assert train.main(tiny_args(out, cache, *styled, "--init", str(base / "last.pt"), "--config",
+                                "model.move_head=true", "--config", "train.train_only=move_head", "--steps", "3",
+                                "--lr", "1e-2", "--warmup-steps", "1")) == 0
+    start, fitted = load(base / "last.pt")["ema"], load(out / "last.pt")
+    for name, value in start.items():
+        assert torch.equal(fitted["model"][name], value) and torch.equal(fitted["ema"][name], value), name
+    head = [k for k in fitted["model"] if k.startswith("move_head.")]
+    assert head and any(not torch.equal(fitted["model"][k], fitted["ema"][k]) for k in head)  # it trained
+    assert all(r["move"] > 0 and r["mse"] == 0 for r in records(out))
+    again = tmp_path / "again"  # a new run from the fitted model trains everything again
+    assert train.main(tiny_args(again, cache, *styled, "--init", str(out / "last.pt"), "--config",
+                                "model.move_head=true", "--steps", "1", "--warmup-steps", "1")) == 0
+    assert load(again / "last.pt")["config"]["train"]["train_only"] == "" and records(again)[0]["mse"] > 0
+
+
 # -- checkpoints, validation and wandb ---------------------------------------------------------------------------
 SCRIPTED_VAL = [0.5, 0.3, 0.4]  # validation losses at steps 2, 4, 6: best.pt must stay at step 4
 
