@@ -285,8 +285,6 @@ class ModelPlanner:
     def propose(self, clip: Clip, k: int, seed: int, style: str | None = None, steps: int = 50,
                 guidance_scale: float = 2.0) -> tuple[np.ndarray, list[str | None]]:
         feats_a, feats_b = self.features(clip)
-        if k > 1:
-            feats_a, feats_b = feats_a.repeat_interleave(k), feats_b.repeat_interleave(k)
         label, names = None, [style if style != FREE_STYLE else None] * k
         if style is not None:
             if self.model.config.model.n_styles > 0:
@@ -294,12 +292,13 @@ class ModelPlanner:
             elif style != FREE_STYLE:
                 log.warning("this model was trained without style labels: --style %s is ignored", style)
         else:
-            probs = self.model.move_probs(feats_a, feats_b)
+            probs = self.model.move_probs(feats_a, feats_b)  # once for the clip, before the candidates' copies
             if probs is not None:  # the move head picks the move; the sampler shapes it
-                label = probs.argmax(-1)
-                best = int(label[0])
-                names = [STYLE_LABELS[best]] * k
+                best = int(probs[0].argmax())
+                label, names = torch.tensor([best]), [STYLE_LABELS[best]] * k
                 log.info("the model's move head chose %s (p = %.2f)", STYLE_LABELS[best], float(probs[0, best]))
+        if k > 1:
+            feats_a, feats_b = feats_a.repeat_interleave(k), feats_b.repeat_interleave(k)
         generator = torch.Generator().manual_seed(int(seed))
         with _single_thread_on_cpu(next(self.model.parameters()).device):
             curves = self.model.sample(feats_a, feats_b, n_frames=self.model.config.model.n_frames, steps=steps,

@@ -663,7 +663,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     saved = read_checkpoint(resume_path) if resume_path else None
     saved_extra = dict(saved.get("extra") or {}) if saved else {}
     fill_run_flags(args, dict(saved_extra.get("run") or {}))
-    init = None
+    init, new_parts = None, ()
     if args.init is not None and resume_path is None:
         init = read_checkpoint(args.init)
         cfg = build_config(args, init["config"])
@@ -671,9 +671,10 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
             # what the checkpoint's run trained is no default for a new run (a fitted head would freeze the rest)
             cfg = cfg.override({"train.train_only": ""})
         init_cfg = config_from_dict(init["config"])
-        problems = config_mismatches(init_cfg, cfg)
         if cfg.model.move_head and not init_cfg.model.move_head:  # a move head fitted to a trained model
-            problems = [p for p in problems if not p.startswith("move_head:")]
+            new_parts = ("move_head",)
+            init_cfg = init_cfg.replace(model=init_cfg.model.replace(move_head=True))
+        problems = config_mismatches(init_cfg, cfg)
         if problems:
             raise UsageError(f"--init {args.init}: the flags change the model it holds: " + "; ".join(problems))
     else:
@@ -695,7 +696,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     torch.manual_seed(tc.seed)
     net = TransitionDiffusion(cfg).to(device)
     if init is not None:  # both copies start from the weights inference would use
-        load_weights(net, init, args.init, new_parts=("move_head",) if cfg.model.move_head else ())
+        load_weights(net, init, args.init, new_parts=new_parts)
         log.info("fine-tuning from %s (step %s of its run)", args.init, init.get("step", "?"))
         del init
     if tc.train_only == "move_head":  # everything else frozen: the model's curves stay exactly as they were

@@ -216,6 +216,8 @@ def measure(args: argparse.Namespace, model, train_items: list[dict], eval_items
     contexts = [T.TransitionContext.from_dict(i["context"]) for i in eval_items]
     results: dict[str, dict] = {}
     teacher_all, mse_all = [], {}
+    move_right: list[np.ndarray] = []  # per chunk: did the move head pick the teacher's move (labelled pairs)
+    head_style = ", move head's style" if model.move_head is not None else ""  # what sample(style=None) means
 
     def add(name: str, per_pair: np.ndarray, curves: torch.Tensor | None = None, **extra) -> None:
         row = results.setdefault(name, {"mse": [], "rules": []})
@@ -244,8 +246,7 @@ def measure(args: argparse.Namespace, model, train_items: list[dict], eval_items
         fa, fb = batch["feats_a"], batch["feats_b"]
         probs = model.move_probs(fa, fb)  # None without a move head
         if probs is not None:  # its choice against the teacher's label, on the pairs that have one
-            known = style >= 0
-            mse_all.setdefault("move_right", []).append((probs.argmax(-1) == style)[known].float().numpy())
+            move_right.append((probs.argmax(-1) == style)[style >= 0].float().numpy())
         if styled:
             gen = torch.Generator().manual_seed(args.seed + 1000 + start)
             s = model.sample(fa, fb, n_frames=target.shape[1], steps=args.sample_steps,
@@ -255,8 +256,7 @@ def measure(args: argparse.Namespace, model, train_items: list[dict], eval_items
             gen = torch.Generator().manual_seed(args.seed + 1000 + start)
             s = model.sample(fa, fb, n_frames=target.shape[1], steps=args.sample_steps, guidance_scale=scale,
                              generator=gen)
-            add(f"DDIM sample, guidance {scale:g}" + (", move head's style" if probs is not None else ""),
-                _mse(s, target, mask), s)
+            add(f"DDIM sample, guidance {scale:g}{head_style}", _mse(s, target, mask), s)
             if probs is not None and scale == args.guidance[-1]:  # the same noise with the style left free
                 gen = torch.Generator().manual_seed(args.seed + 1000 + start)
                 free = model.sample(fa, fb, n_frames=target.shape[1], steps=args.sample_steps, guidance_scale=scale,
@@ -287,16 +287,15 @@ def measure(args: argparse.Namespace, model, train_items: list[dict], eval_items
     teacher = rule_measures(np.concatenate(teacher_all), contexts)
     table["teacher (reference)"] = {"mse": 0.0, "ratio_to_mean_curve": 0.0, **teacher}
     last = args.guidance[-1]
-    main = f"DDIM sample, guidance {last:g}" + (", move head's style" if "move_right" in mse_all else "")
-    a, b = table[main], table[f"DDIM sample, guidance {last:g}, 2nd seed"]
+    a, b = table[f"DDIM sample, guidance {last:g}{head_style}"], table[f"DDIM sample, guidance {last:g}, 2nd seed"]
     both_ok = float(np.mean(a["_ok"] & b["_ok"]))
     diversity = {"seed_mse": float(np.concatenate(mse_all["seed_diff"]).mean()), "both_seeds_keep_rules": both_ok,
                  "guidance": last}
     for entry in table.values():
         entry.pop("_ok", None)
     report = {"baseline_mse": baseline, "table": table, "diversity": diversity}
-    if "move_right" in mse_all:
-        right = np.concatenate(mse_all["move_right"])
+    if move_right:
+        right = np.concatenate(move_right)
         accuracy = float(right.mean()) if right.size else float("nan")
         report["move_head"] = {"accuracy": accuracy, "pairs": int(right.size)}
     return report
