@@ -253,6 +253,21 @@ def test_typical_choices_make_the_curves_a_function_of_the_music(contexts):
         assert T.vocal_overlap(T.bass_swap(c, T.TypicalChoices()), c) == 0.0 and r >= c.blend_start
 
 
+def test_the_typical_bass_swap_hands_the_lows_over_with_the_eqs_alone():
+    ctx = grid_context(bpm=124.0, blend_bars=8, fps=25.0)
+    typical = T.bass_swap(ctx, T.TypicalChoices())
+    for track in "ab":  # the bass faders stay up; every stem's low EQ swaps
+        fader = col(f"{track}.bass.gain")
+        assert np.all(typical[:, fader] == T._NEUTRAL_U[fader])
+    assert typical[-1, col("a.bass.eq_low")] == 0.0 and typical[0, col("b.bass.eq_low")] == 0.0
+    assert T.bass_overlap(typical, ctx) == 0.0
+    # random draws keep both variants, with the same stream as a plain `random() < 0.5`
+    moved = [np.ptp(T.bass_swap(ctx, np.random.default_rng(s))[:, col("a.bass.gain")]) > 0.5 for s in range(12)]
+    assert any(moved) and not all(moved)
+    assert T._coin(np.random.default_rng(3), 0.5, typical=False) == (np.random.default_rng(3).random() < 0.5)
+    assert T._coin(T.TypicalChoices(), 0.5, typical=False) is False
+
+
 def test_sample_recipe_honours_weights():
     rng = np.random.default_rng(0)
     weights = {"hard_cut": 1.0, "echo_out": 3.0, "bass_swap": 0.0}
