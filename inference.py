@@ -292,17 +292,20 @@ class ModelPlanner:
             elif style != FREE_STYLE:
                 log.warning("this model was trained without style labels: --style %s is ignored", style)
         else:
-            probs = self.model.move_probs(feats_a, feats_b)  # once for the clip, before the candidates' copies
-            if probs is not None:  # the move head picks the move; the sampler shapes it
-                best = int(probs[0].argmax())
-                label, names = torch.tensor([best]), [STYLE_LABELS[best]] * k
-                log.info("the model's move head chose %s (p = %.2f)", STYLE_LABELS[best], float(probs[0, best]))
+            heads = self.model.candidate_styles(feats_a, feats_b, k)  # once for the clip, before the copies
+            if heads is not None:  # the move head picks the move (of the first half of the candidates)
+                label = heads
+                names = [STYLE_LABELS[int(i)] if i >= 0 else None for i in heads]
+                probs = self.model.move_probs(feats_a, feats_b)[0]
+                log.info("the model's move head chose %s (p = %.2f)", names[0], float(probs[int(heads[0])]))
         if k > 1:
             feats_a, feats_b = feats_a.repeat_interleave(k), feats_b.repeat_interleave(k)
         generator = torch.Generator().manual_seed(int(seed))
         with _single_thread_on_cpu(next(self.model.parameters()).device):
+            # a --style is asked for (its own tokens where the model has them); the head's choice is the music's own
             curves = self.model.sample(feats_a, feats_b, n_frames=self.model.config.model.n_frames, steps=steps,
-                                       guidance_scale=guidance_scale, generator=generator, style=label)
+                                       guidance_scale=guidance_scale, generator=generator, style=label,
+                                       imposed=style is not None)
         curves = self.model.layout.expand_to(curves.float().cpu(), FULL)
         return curves.numpy().astype(np.float32), names
 

@@ -8,7 +8,8 @@ learned stem embedding) and a MetadataEncoder (structure, beats, downbeats, ener
 per track) give one token per frame (or per `cond_pool` frames), plus a track embedding (A or B) and the
 frame's normalised clip position. A<->B blocks then let A attend to B and B to A. A learned NULL
 conditioning replaces the tokens of samples whose conditioning is dropped (classifier-free guidance);
-the optional style label has its own learned 'free' token for "no style asked".
+the optional style label has its own learned 'free' token for "no style asked" (and, with
+model.imposed_styles, a second token per label for a move that was imposed rather than the music's own).
 """
 
 from __future__ import annotations
@@ -288,10 +289,14 @@ class TrackCrossBlock(nn.Module):
 
 
 class ConditioningEncoder(nn.Module):
-    """encoder(feats_a, feats_b, style=None, drop=None) -> Conditioning(tokens [B, 2N, D], pooled [B, D], mask).
+    """encoder(feats_a, feats_b, style=None, drop=None, imposed=None) -> Conditioning(tokens [B, 2N, D], pooled
+    [B, D], mask).
 
     style [B] long: a label in 0..n_styles-1, or -1 for none (the learned 'free' token). drop [B] bool:
     samples whose conditioning is replaced by the learned NULL conditioning (tokens, pooled and style).
+    imposed [B] bool (or one bool): the label was imposed (an asked-for move), not the music's own; with
+    model.imposed_styles such labels use their own tokens, without it the flag changes nothing.
+    Style rows: 0..n-1 the music's own moves, n 'free', n+1..2n imposed moves (old checkpoints are the prefix).
     """
 
     def __init__(self, config: ModelConfig):
@@ -308,7 +313,8 @@ class ConditioningEncoder(nn.Module):
         self.pool = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.null_tokens = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.null_pooled = nn.Parameter(torch.randn(d) * 0.02)
-        self.style_embed = nn.Embedding(cfg.n_styles + 1, d) if cfg.n_styles else None  # last row = 'free'
+        rows = cfg.n_styles + 1 + (cfg.n_styles if cfg.imposed_styles else 0)
+        self.style_embed = nn.Embedding(rows, d) if cfg.n_styles else None
         if self.style_embed is not None:
             nn.init.normal_(self.style_embed.weight, std=0.02)
 
@@ -331,7 +337,7 @@ class ConditioningEncoder(nn.Module):
         return h, mask
 
     def forward(self, feats_a: TrackFeatures, feats_b: TrackFeatures, style: torch.Tensor | None = None,
-                drop: torch.Tensor | None = None) -> Conditioning:
+                drop: torch.Tensor | None = None, imposed: torch.Tensor | bool | None = None) -> Conditioning:
         if feats_a.batch_size != feats_b.batch_size:
             raise ValueError(f"track A has batch {feats_a.batch_size}, track B {feats_b.batch_size}")
         a, mask_a = self.encode_track(feats_a, 0)
@@ -358,7 +364,7 @@ class ConditioningEncoder(nn.Module):
         cond = Conditioning(tokens, pooled, mask)
         if drop is not None:
             cond = self.drop(cond, drop)
-        return self._add_style(cond, style, drop)
+        return self._add_style(cond, style, drop, imposed)
 
     def null_like(self, cond: Conditioning) -> Conditioning:
         """The NULL conditioning with cond's batch size and token count (the unconditional branch of CFG)."""
@@ -374,7 +380,8 @@ class ConditioningEncoder(nn.Module):
         mask = None if cond.mask is None else cond.mask | drop[:, None]
         return Conditioning(tokens, pooled, mask)
 
-    def _add_style(self, cond: Conditioning, style: torch.Tensor | None, drop: torch.Tensor | None) -> Conditioning:
+    def _add_style(self, cond: Conditioning, style: torch.Tensor | None, drop: torch.Tensor | None,
+                   imposed: torch.Tensor | bool | None = None) -> Conditioning:
         if self.style_embed is None:
             if style is not None:
                 raise ValueError("a style label was given but the model has n_styles=0")
@@ -388,7 +395,11 @@ class ConditioningEncoder(nn.Module):
                 style = style.expand(cond.batch_size)
             if bool(((style < -1) | (style >= free)).any()):
                 raise ValueError(f"style labels must be in 0..{free - 1} or -1 (none), got {style.tolist()}")
+            own = style
             style = torch.where(style < 0, torch.full_like(style, free), style)
+            if imposed is not None and self.config.imposed_styles:
+                imposed = torch.as_tensor(imposed, dtype=torch.bool, device=style.device).reshape(-1)
+                style = torch.where(imposed.expand_as(style) & (own >= 0), own + free + 1, style)
         if drop is not None:  # a dropped sample is fully unconditional: no style either
             style = torch.where(drop.to(style.device), torch.full_like(style, free), style)
         return Conditioning(cond.tokens, cond.pooled + self.style_embed(style), cond.mask)

@@ -55,6 +55,9 @@ class ModelConfig(_Replace):
     layout: str = "full"  # effects.params layout name; sets n_params
     n_styles: int = 0  # optional transition-style labels (0 = no style embedding)
     move_head: bool = False  # a move classifier (model/move.py) picks the style when none is given; needs n_styles
+    # Imposed labels (a --style-share pair's recipe, a user's --style) get tokens of their own, apart from the
+    # music's own move: "this move, any details" vs "the move this music calls for, its typical details".
+    imposed_styles: bool = False
     dropout: float = 0.0
 
     @property
@@ -74,6 +77,8 @@ class ModelConfig(_Replace):
             raise ValueError("n_layers, cond_pool, n_frames, patch_size must be >= 1; cond_layers, n_styles >= 0")
         if self.move_head and not self.n_styles:
             raise ValueError("move_head=True needs style labels to choose from (n_styles > 0)")
+        if self.imposed_styles and not self.n_styles:
+            raise ValueError("imposed_styles=True needs style labels (n_styles > 0)")
 
 
 @dataclass(frozen=True)

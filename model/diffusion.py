@@ -303,7 +303,8 @@ class TransitionDiffusion(nn.Module):
         if style is not None:
             style = torch.where(hide_style, torch.full_like(style, -1), style.to(device))
 
-        cond = self.encoder(batch["feats_a"], batch["feats_b"], style=style, drop=drop)
+        cond = self.encoder(batch["feats_a"], batch["feats_b"], style=style, drop=drop,
+                            imposed=batch.get("style_forced"))
         x0 = curves.float() * 2 - 1
         x_t = self.schedule.add_noise(x0, noise, t)
         out = self.denoiser(x_t, t, cond, mask)
@@ -336,8 +337,8 @@ class TransitionDiffusion(nn.Module):
                                   pick(batch["target_audio"]), bpm=pick(bpm.reshape(-1)))
 
     # -- inference -----------------------------------------------------------------------------------------------
-    def encode(self, feats_a: TrackFeatures, feats_b: TrackFeatures, style=None) -> Conditioning:
-        return self.encoder(feats_a, feats_b, style=style)
+    def encode(self, feats_a: TrackFeatures, feats_b: TrackFeatures, style=None, imposed=None) -> Conditioning:
+        return self.encoder(feats_a, feats_b, style=style, imposed=imposed)
 
     @torch.no_grad()
     def move_probs(self, feats_a: TrackFeatures, feats_b: TrackFeatures) -> torch.Tensor | None:
@@ -351,22 +352,36 @@ class TransitionDiffusion(nn.Module):
         finally:
             self.train(was_training)
 
+    def candidate_styles(self, feats_a: TrackFeatures, feats_b: TrackFeatures, k: int) -> torch.Tensor | None:
+        """[B * k] style labels for k candidates per pair (repeat_interleave order), or None without a move head.
+
+        The first ceil(k / 2) candidates of a pair play the head's move, the rest leave the move to the sampler
+        (-1): one sample is the head's choice, and a ranking of k (--candidates) still has other moves to pick
+        from where the head is wrong."""
+        probs = self.move_probs(feats_a, feats_b)
+        if probs is None:
+            return None
+        head = probs.argmax(-1).cpu()
+        free = torch.arange(k) >= (k + 1) // 2
+        return torch.where(free[None, :], torch.full((len(head), k), -1, dtype=torch.long), head[:, None]).reshape(-1)
+
     @torch.no_grad()
     def sample(self, feats_a: TrackFeatures, feats_b: TrackFeatures, n_frames: int | None = None,
                steps: int | None = None, eta: float | None = None, guidance_scale: float | None = None,
                generator: torch.Generator | None = None, style=None, noise: torch.Tensor | None = None,
-               median_frames: int | None = None, tv_weight: float | None = None) -> torch.Tensor:
+               median_frames: int | None = None, tv_weight: float | None = None, imposed=False) -> torch.Tensor:
         """Curves [B, n_frames, P] in [0, 1] for each pair (defaults from the config). Runs in eval mode.
 
         The conditioning is encoded once; each DDIM step is one denoiser call on [x; x] with [cond; null]
         (guidance_scale == 1 skips the NULL half). Same generator seed -> same curves. The result goes through
         median_smooth (config.diffusion.median_frames) then tv_smooth (config.diffusion.tv_weight); with 1 and 0
         it is the raw DDIM output. style: labels [B] or [1], -1 = left free; None = the move head's choice where
-        the model has one (model.move_head), else free.
+        the model has one (model.move_head), else free. imposed: the labels are asked for, not the music's own
+        (bool or [B]; their own tokens with model.imposed_styles), e.g. a user's --style; never the head's choice.
         """
         dcfg = self.config.diffusion
         if style is None and self.move_head is not None:
-            style = self.move_probs(feats_a, feats_b).argmax(-1)
+            style, imposed = self.move_probs(feats_a, feats_b).argmax(-1), False
         n_frames = n_frames or self.config.model.n_frames
         steps = steps or dcfg.inference_steps
         eta = dcfg.eta if eta is None else eta
@@ -376,7 +391,7 @@ class TransitionDiffusion(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            cond = self.encode(feats_a.to(self._device()), feats_b.to(self._device()), style)  # once per call
+            cond = self.encode(feats_a.to(self._device()), feats_b.to(self._device()), style, imposed)  # once
             batch = cond.batch_size
             guided = scale != 1.0
             both = Conditioning.cat([cond, self.encoder.null_like(cond)]) if guided else cond

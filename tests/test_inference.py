@@ -226,6 +226,17 @@ def test_a_move_head_picks_the_style_and_params_json_names_it(work, tmp_path):
     assert auto.params["generator"]["recipe"] == "filter_sweep" and auto.params["generator"]["style"] is None
     assert np.array_equal(auto.curves, asked.curves) and not np.array_equal(auto.curves, free.curves)
     assert free.params["generator"]["recipe"] is None
+    # with imposed-style tokens a --style is an asked-for move, the head's choice the music's own: other tokens
+    model = create_model(get_config("tiny", model__n_styles=9, model__move_head=True, model__imposed_styles=True))
+    with torch.no_grad():
+        model.move_head.net[-1].bias.copy_(torch.arange(9) == STYLE_LABELS.index("filter_sweep")).mul_(20.0)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(path, model, ema=create_ema(model))
+    auto, asked = (run_api(work, model=path, steps=2, bars=4, context=2.0, style=style)
+                   for style in (None, "filter_sweep"))
+    assert auto.params["generator"]["recipe"] == asked.params["generator"]["recipe"] == "filter_sweep"
+    assert not np.array_equal(auto.curves, asked.curves)
 
 
 def test_default_model_is_used_when_present(monkeypatch, tiny_checkpoint, tmp_path, caplog):

@@ -370,6 +370,37 @@ def test_forced_styles_are_never_hidden():
     assert seen["style"].tolist() == [0, -1, 2, -1, -1, -1]  # dropout 1 hides every label but the imposed ones
 
 
+def test_imposed_labels_have_their_own_tokens():
+    """model.imposed_styles: an asked-for move (imposed) and the music's own move are different tokens; the flag is
+    inert without it (old checkpoints hold n_styles + 1 rows), and training reaches the row the sample used."""
+    model = create_model(tiny(model__n_styles=3, model__imposed_styles=True))
+    assert model.encoder.style_embed.num_embeddings == 7  # 3 own, free, 3 imposed
+    a, b = feats(2), feats(2, seed=1)
+    labels = torch.tensor([0, 2])
+    own, asked = model.encode(a, b, style=labels), model.encode(a, b, style=labels, imposed=True)
+    mixed = model.encode(a, b, style=labels, imposed=torch.tensor([False, True]))
+    assert not torch.allclose(own.pooled, asked.pooled)
+    assert torch.equal(mixed.pooled[0], own.pooled[0]) and torch.equal(mixed.pooled[1], asked.pooled[1])
+    free = model.encode(a, b, style=torch.tensor([-1, -1]), imposed=True)
+    assert torch.equal(free.pooled, model.encode(a, b).pooled)  # 'free' is free whatever the flag
+    plain = create_model(tiny(model__n_styles=3))
+    assert plain.encoder.style_embed.num_embeddings == 4
+    assert torch.equal(plain.encode(a, b, style=labels, imposed=True).pooled, plain.encode(a, b, style=labels).pooled)
+    with pytest.raises(ValueError, match="imposed_styles"):
+        tiny(model__imposed_styles=True)
+
+    model = create_model(tiny(model__n_styles=3, model__imposed_styles=True, diffusion__style_dropout=0.0,
+                              diffusion__cond_dropout=0.0))
+    with torch.no_grad():  # off adaLN-Zero's init, where the conditioning gets no gradient
+        for p in model.denoiser.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen(3)))
+    batch = make_batch(batch=2)
+    batch["style"], batch["style_forced"] = torch.tensor([1, 2]), torch.tensor([True, False])
+    model(batch, generator=gen(0))["loss"].backward()
+    rows = model.encoder.style_embed.weight.grad.abs().sum(-1).nonzero().flatten().tolist()
+    assert rows == [2, 5]  # the music's own 2, the imposed 1 (row 3 + 1 + 1)
+
+
 def test_audio_loss_hook_only_for_samples_with_target_audio():
     model = create_model(tiny())
     torch.nn.init.normal_(model.denoiser.final_layer.linear.weight, std=0.05)
@@ -448,6 +479,17 @@ def test_move_head_learns_a_level_rule_and_sampling_follows_its_choice():
     chosen = model.sample(a, b, n_frames=16, steps=3, generator=gen(1), style=choice)
     free = model.sample(a, b, n_frames=16, steps=3, generator=gen(1), style=torch.full((4,), -1))
     assert torch.equal(auto, chosen) and not torch.equal(auto, free)
+
+
+def test_candidates_play_the_heads_move_then_leave_it_to_the_sampler():
+    model = create_model(tiny(model__n_styles=3, model__move_head=True))
+    with torch.no_grad():
+        model.move_head.net[-1].bias.copy_(torch.tensor([0.0, 0.0, 20.0]))
+    a, b = feats(2), feats(2, seed=1)
+    assert model.candidate_styles(a, b, 4).tolist() == [2, 2, -1, -1, 2, 2, -1, -1]
+    assert model.candidate_styles(a, b, 1).tolist() == [2, 2] and model.candidate_styles(a, b, 3).tolist()[:3] == [
+        2, 2, -1]
+    assert create_model(tiny(model__n_styles=3)).candidate_styles(a, b, 4) is None
 
 
 def test_train_only_move_head_computes_only_its_loss():
