@@ -847,7 +847,7 @@ def model_curves(model, pair: EvalPair, k: int, steps: int | None, guidance: flo
     feats = [TrackFeatures.stack([build_track_features(stems, pair.meta["tracks"][t], n_frames, n_mels)])
              for t, stems in (("a", pair.stems_a), ("b", pair.stems_b))]
     generator = torch.Generator().manual_seed(seed)
-    style = model.candidate_styles(feats[0], feats[1], k)  # a move head's choice, as inference.py makes it
+    style = model.candidate_styles(model.move_probs(*feats), k)  # a move head's choice, as inference.py makes it
     curves = model.sample(feats[0].repeat_interleave(k), feats[1].repeat_interleave(k), n_frames=n_frames,
                           steps=steps, guidance_scale=guidance, generator=generator, style=style)
     return model.layout.expand_to(curves.float().cpu(), FULL)

@@ -292,12 +292,11 @@ class ModelPlanner:
             elif style != FREE_STYLE:
                 log.warning("this model was trained without style labels: --style %s is ignored", style)
         else:
-            heads = self.model.candidate_styles(feats_a, feats_b, k)  # once for the clip, before the copies
-            if heads is not None:  # the move head picks the move (of the first half of the candidates)
-                label = heads
-                names = [STYLE_LABELS[int(i)] if i >= 0 else None for i in heads]
-                probs = self.model.move_probs(feats_a, feats_b)[0]
-                log.info("the model's move head chose %s (p = %.2f)", names[0], float(probs[int(heads[0])]))
+            probs = self.model.move_probs(feats_a, feats_b)  # once for the clip, before the candidates' copies
+            if probs is not None:  # the move head picks the move (of the first half of the candidates)
+                label = self.model.candidate_styles(probs, k)
+                names = [STYLE_LABELS[int(i)] if i >= 0 else None for i in label]
+                log.info("the model's move head chose %s (p = %.2f)", names[0], float(probs[0, int(label[0])]))
         if k > 1:
             feats_a, feats_b = feats_a.repeat_interleave(k), feats_b.repeat_interleave(k)
         generator = torch.Generator().manual_seed(int(seed))

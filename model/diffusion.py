@@ -352,13 +352,14 @@ class TransitionDiffusion(nn.Module):
         finally:
             self.train(was_training)
 
-    def candidate_styles(self, feats_a: TrackFeatures, feats_b: TrackFeatures, k: int) -> torch.Tensor | None:
-        """[B * k] style labels for k candidates per pair (repeat_interleave order), or None without a move head.
+    @staticmethod
+    def candidate_styles(probs: torch.Tensor | None, k: int) -> torch.Tensor | None:
+        """[B * k] style labels for k candidates per pair (repeat_interleave order) from move_probs' [B, n_styles],
+        or None for None (no move head).
 
         The first ceil(k / 2) candidates of a pair play the head's move, the rest leave the move to the sampler
         (-1): one sample is the head's choice, and a ranking of k (--candidates) still has other moves to pick
         from where the head is wrong."""
-        probs = self.move_probs(feats_a, feats_b)
         if probs is None:
             return None
         head = probs.argmax(-1).cpu()

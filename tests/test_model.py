@@ -486,10 +486,12 @@ def test_candidates_play_the_heads_move_then_leave_it_to_the_sampler():
     with torch.no_grad():
         model.move_head.net[-1].bias.copy_(torch.tensor([0.0, 0.0, 20.0]))
     a, b = feats(2), feats(2, seed=1)
-    assert model.candidate_styles(a, b, 4).tolist() == [2, 2, -1, -1, 2, 2, -1, -1]
-    assert model.candidate_styles(a, b, 1).tolist() == [2, 2] and model.candidate_styles(a, b, 3).tolist()[:3] == [
+    probs = model.move_probs(a, b)
+    assert model.candidate_styles(probs, 4).tolist() == [2, 2, -1, -1, 2, 2, -1, -1]
+    assert model.candidate_styles(probs, 1).tolist() == [2, 2] and model.candidate_styles(probs, 3).tolist()[:3] == [
         2, 2, -1]
-    assert create_model(tiny(model__n_styles=3)).candidate_styles(a, b, 4) is None
+    plain = create_model(tiny(model__n_styles=3))
+    assert plain.candidate_styles(plain.move_probs(a, b), 4) is None
 
 
 def test_train_only_move_head_computes_only_its_loss():
