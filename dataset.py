@@ -308,8 +308,9 @@ def style_index(label: str | None) -> int:
 TEACHERS = ("sample", "select", "decide")  # see SyntheticDataset
 # Bumped when a teacher's curves change for the same seed, so caches of made pairs are not reused across the change
 # (decide 2: the deciding teacher rides the master through the blend, data.transitions.ride_gain; decide 3: its
-# bass swap hands the lows over with the low EQs alone, the bass faders stay up).
-TEACHER_REVISIONS = {"sample": 1, "select": 1, "decide": 3}
+# bass swap hands the lows over with the low EQs alone, the bass faders stay up; select 2: its judge, evaluate.py's
+# composite, reads the clash gains frame by frame and folds a double-time mix's beat phase on the faster beat).
+TEACHER_REVISIONS = {"sample": 1, "select": 2, "decide": 3}
 
 
 def quality_judge(stems_a, stems_b, context):

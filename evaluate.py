@@ -49,6 +49,7 @@ LOW_BAND_HZ = 200.0  # the low band of the bass clash: STFT bins below this
 LOUDNESS_WINDOW_S = 1.0  # short-term window of the loudness dip
 CLASH_WINDOW_S = 0.4  # short-term window of the clashes and of the overlap
 CLASH_DB = 6.0  # "full": a contribution within this of its dry source's level
+GAP_DB = 20.0  # clash gains are read frame by frame where the dry frame is within this of its windowed level
 PRESENT_DB = 30.0  # a source is present where its level is within this of its own maximum over the clip
 AUDIBLE_DB = 20.0  # overlap: both contributions within this of their dry levels
 FLOOR_POWER = 1e-8  # -80 dBFS: quieter counts as silence
@@ -247,17 +248,24 @@ class SourceAnalysis:
     loud_b: np.ndarray
     level_a: np.ndarray  # [M] CLASH_WINDOW_S mean square of the dry stem sums, full band ...
     level_b: np.ndarray
-    low_a: np.ndarray  # ... and below LOW_BAND_HZ
+    low_a: np.ndarray  # [M] per-frame (unsmoothed) mean square of the dry stem sums below LOW_BAND_HZ
     low_b: np.ndarray
-    vocal_a: np.ndarray | None  # [M] CLASH_WINDOW_S mean square of the dry vocal stems (None: no vocal in the blend)
+    vocal_a: np.ndarray | None  # [M] per-frame mean square of the dry vocal stems (None: no vocal in the blend)
     vocal_b: np.ndarray | None
     novelty_p95: float  # NOVELTY_PERCENTILE of the sources' own novelty (NaN: too little music to tell)
     source_edges: np.ndarray  # [M'] bool, novelty frames near a start or stop of a source's own audio
     beat_phase: float  # A's beat phase (radians, relative to blend start) over the rhythm span; NaN: no pulse
+    bpm_b: float | None = None  # B's tempo in the clip where it was mixed at half or double A's, else None
 
     @property
     def duration(self) -> float:
         return self.n_samples / self.sample_rate
+
+    @property
+    def phase_beat(self) -> float | None:
+        """The period the beat phase is folded on: the beat, or the faster track's beat when one track plays at
+        double the other's tempo (its every other beat lands on the slower one's off-beats by design)."""
+        return 60.0 / max(self.bpm, self.bpm_b) if self.bpm and self.bpm_b else self.beat
 
     @property
     def beat(self) -> float | None:
@@ -287,9 +295,17 @@ def _check_clip(stems_a, stems_b, blend, sample_rate) -> tuple[torch.Tensor, tor
     return a, b, (start, min(end, duration))
 
 
+def double_time_bpm(bpm: float | None, bpm_b: float | None) -> float | None:
+    """bpm_b when it is about half or double bpm (within 10 %: a half/double-time mix), else None."""
+    if not (bpm and bpm_b and float(bpm) > 0 and float(bpm_b) > 0):
+        return None
+    return float(bpm_b) if abs(abs(math.log2(float(bpm_b) / float(bpm))) - 1.0) < math.log2(1.1) else None
+
+
 def analyse_sources(stems_a, stems_b, bpm: float | None, blend: tuple[float, float],
-                    sample_rate: int = SAMPLE_RATE) -> SourceAnalysis:
-    """Everything the metrics need from the dry sources (stems [4, 2, N], B beatmatched and aligned)."""
+                    sample_rate: int = SAMPLE_RATE, bpm_b: float | None = None) -> SourceAnalysis:
+    """Everything the metrics need from the dry sources (stems [4, 2, N], B beatmatched and aligned). bpm is the
+    clip's (A's) tempo; bpm_b, B's tempo in the clip, matters only when it is half or double A's."""
     a, b, blend = _check_clip(stems_a, stems_b, blend, sample_rate)
     bpm = float(bpm) if bpm and float(bpm) > 0 else None
     sum_a, sum_b = a.sum(0), b.sum(0)
@@ -301,8 +317,8 @@ def analyse_sources(stems_a, stems_b, bpm: float | None, blend: tuple[float, flo
         lo, hi = int(blend[0] * sample_rate), int(math.ceil(blend[1] * sample_rate))
         if float(stems[_VOCALS, :, lo:hi].abs().max()) < 1e-5:
             return None
-        level = moving_average(bands(stems[_VOCALS], sample_rate).full, CLASH_WINDOW_S, sample_rate)
-        return level if _present(level)[blend_mask].any() else None
+        level = bands(stems[_VOCALS], sample_rate).full
+        return level if _present(moving_average(level, CLASH_WINDOW_S, sample_rate))[blend_mask].any() else None
 
     (ref_a, edges_a), (ref_b, edges_b) = (_reference_novelty(x.mel, x.full, sample_rate) for x in (bands_a, bands_b))
     pooled = np.concatenate([ref_a, ref_b])
@@ -313,9 +329,9 @@ def analyse_sources(stems_a, stems_b, bpm: float | None, blend: tuple[float, flo
         loud_b=moving_average(bands_b.full, LOUDNESS_WINDOW_S, sample_rate),
         level_a=moving_average(bands_a.full, CLASH_WINDOW_S, sample_rate),
         level_b=moving_average(bands_b.full, CLASH_WINDOW_S, sample_rate),
-        low_a=moving_average(bands_a.low, CLASH_WINDOW_S, sample_rate),
-        low_b=moving_average(bands_b.low, CLASH_WINDOW_S, sample_rate),
+        low_a=bands_a.low, low_b=bands_b.low,
         vocal_a=vocal(a), vocal_b=vocal(b), novelty_p95=p95, source_edges=edges_a | edges_b, beat_phase=float("nan"),
+        bpm_b=double_time_bpm(bpm, bpm_b),
     )
     if bpm:
         for dry in (sum_a, sum_b):  # A's grid; B's when A has no pulse over the span
@@ -344,16 +360,26 @@ def loudness_dip(source: SourceAnalysis, out: Bands) -> float:
     return float(np.clip(drop.max(), 0.0, MAX_DIP_DB))
 
 
+def full_level(contrib: np.ndarray, dry: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """[M] bool: frames where a contribution plays at 'full' level, its gain contrib / dry within CLASH_DB of
+    0 dB, and its dry source is present (PRESENT_DB over CLASH_WINDOW_S). The gain is read frame by frame where
+    the dry frame carries sound (within GAP_DB of its CLASH_WINDOW_S average; the mixer is linear, so there the
+    ratio is the gain the curves applied) and over the window in the gaps between notes; a ratio of windowed
+    powers alone would smear a sharp cut into a clash as long as half the window."""
+    c_avg, d_avg = (moving_average(x, CLASH_WINDOW_S, sample_rate) for x in (contrib, dry))
+    sounding = dry >= d_avg * 10.0 ** (-GAP_DB / 10.0)
+    gain = np.where(sounding, contrib / np.maximum(dry, 1e-30), c_avg / np.maximum(d_avg, 1e-30))
+    return _present(d_avg) & (gain >= 10.0 ** (-CLASH_DB / 10.0))
+
+
 def clash_share(contrib_a: np.ndarray, contrib_b: np.ndarray, dry_a: np.ndarray, dry_b: np.ndarray,
-                mask: np.ndarray) -> float:
-    """Share of the masked frames where both contributions are 'full': within CLASH_DB of their own dry
-    source's level (and that source present). All arguments are per-frame powers on one grid."""
+                mask: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """Share of the masked frames where both contributions are full (full_level). All arguments are per-frame
+    powers on the level grid, unsmoothed."""
     if not mask.any():
         return float("nan")
-    ratio = 10.0 ** (-CLASH_DB / 10.0)
-    full_a = _present(dry_a) & (contrib_a >= ratio * dry_a)
-    full_b = _present(dry_b) & (contrib_b >= ratio * dry_b)
-    return float((full_a & full_b)[mask].mean())
+    both = full_level(contrib_a, dry_a, sample_rate) & full_level(contrib_b, dry_b, sample_rate)
+    return float(both[mask].mean())
 
 
 def overlap_mask(source: SourceAnalysis, level_a: np.ndarray, level_b: np.ndarray) -> np.ndarray:
@@ -415,8 +441,9 @@ def phase_lag_ms(env_a: np.ndarray, env_b: np.ndarray, sample_rate: int = SAMPLE
 
 
 def beat_phase_error(source: SourceAnalysis, audio_a, audio_b, level_a: np.ndarray, level_b: np.ndarray) -> float:
-    """|lag| (ms) between A's and B's contributions' onset envelopes over their overlap in the blend; NaN when they
-    overlap for less than two beats (one second without a tempo)."""
+    """|lag| (ms) between A's and B's contributions' onset envelopes over their overlap in the blend, folded on
+    source.phase_beat (the faster track's beat in a half/double-time mix); NaN when they overlap for less than two
+    beats (one second without a tempo)."""
     overlap = overlap_mask(source, level_a, level_b)
     if overlap.sum() * HOP / source.sample_rate < 2.0 * (source.beat or 0.5):
         return float("nan")
@@ -424,7 +451,7 @@ def beat_phase_error(source: SourceAnalysis, audio_a, audio_b, level_a: np.ndarr
     _, env_a = onset_envelope(audio_a, source.sample_rate, start, end)
     _, env_b = onset_envelope(audio_b, source.sample_rate, start, end)
     n = min(len(env_a), len(env_b))
-    return abs(phase_lag_ms(env_a[:n], env_b[:n], source.sample_rate, source.beat))
+    return abs(phase_lag_ms(env_a[:n], env_b[:n], source.sample_rate, source.phase_beat))
 
 
 def seam_novelty(source: SourceAnalysis, out: Bands) -> float:
@@ -615,14 +642,14 @@ def score_parts(source: SourceAnalysis, parts: dict[str, torch.Tensor], curves, 
     level_a, level_b = avg(band_a.full), avg(band_b.full)
     metrics = {
         "loudness_dip_db": loudness_dip(source, out),
-        "bass_clash": clash_share(avg(band_a.low), avg(band_b.low), source.low_a, source.low_b, blend),
+        "bass_clash": clash_share(band_a.low, band_b.low, source.low_a, source.low_b, blend, sr),
         "vocal_clash": 0.0,
         "beat_phase_ms": beat_phase_error(source, parts["a"], parts["b"], level_a, level_b),
         "seam_novelty": seam_novelty(source, out),
     }
     if source.vocal_a is not None and source.vocal_b is not None:
-        va, vb = (avg(bands(parts[f"vocal_{t}"], sr).full) for t in ("a", "b"))
-        metrics["vocal_clash"] = clash_share(va, vb, source.vocal_a, source.vocal_b, blend)
+        va, vb = (bands(parts[f"vocal_{t}"], sr).full for t in ("a", "b"))
+        metrics["vocal_clash"] = clash_share(va, vb, source.vocal_a, source.vocal_b, blend, sr)
     metrics.update(rhythmic_consistency(parts["out"], source))
     metrics["curve_tv"] = curve_total_variation(curves, source.duration)
     metrics["curve_error"] = curve_error(curves, teacher) if teacher is not None else float("nan")
@@ -632,12 +659,12 @@ def score_parts(source: SourceAnalysis, parts: dict[str, torch.Tensor], curves, 
 
 def score_curves(mixer: DifferentiableDJMixer, stems_a, stems_b, curves_list: Sequence, bpm: float | None,
                  blend: tuple[float, float], sample_rate: int = SAMPLE_RATE, teacher=None,
-                 source: SourceAnalysis | None = None) -> list[dict[str, float]]:
+                 source: SourceAnalysis | None = None, bpm_b: float | None = None) -> list[dict[str, float]]:
     """score_transition for several curve sets on one clip (the sources are analysed once)."""
     a, b, blend = _check_clip(stems_a, stems_b, blend, sample_rate)
     if sample_rate != mixer.config.sample_rate:
         raise ValueError(f"sample_rate {sample_rate} differs from the mixer's {mixer.config.sample_rate}")
-    source = source or analyse_sources(a, b, bpm, blend, sample_rate)
+    source = source or analyse_sources(a, b, bpm, blend, sample_rate, bpm_b)
     vocals = (source.vocal_a is not None and source.vocal_b is not None,) * 2
     results = []
     for curves in curves_list:
@@ -649,7 +676,7 @@ def score_curves(mixer: DifferentiableDJMixer, stems_a, stems_b, curves_list: Se
 
 def score_transition(mixer: DifferentiableDJMixer, stems_a: torch.Tensor, stems_b: torch.Tensor,
                      curves: torch.Tensor, bpm: float, blend: tuple[float, float], sample_rate: int = 44100,
-                     teacher: torch.Tensor | None = None) -> dict[str, float]:
+                     teacher: torch.Tensor | None = None, bpm_b: float | None = None) -> dict[str, float]:
     """Every metric of one transition, and the composite score (higher is better).
 
     Args:
@@ -659,12 +686,14 @@ def score_transition(mixer: DifferentiableDJMixer, stems_a: torch.Tensor, stems_
         bpm: the clip's tempo (beats per minute; None or <= 0 when unknown: rhythm metrics are then NaN).
         blend: (start_s, end_s) of the blend in the clip.
         teacher: optional [F', 58] teacher curves (adds curve_error).
+        bpm_b: B's tempo in the clip; only used when it is half or double bpm (a half/double-time mix: the beat
+            phase is then folded on the faster beat).
 
     Returns {"loudness_dip_db", "bass_clash", "vocal_clash", "beat_phase_ms", "seam_novelty",
     "rhythmic_consistency", "rhythm_tempo", "rhythm_pattern", "rhythm_alignment", "rhythm_strength", "curve_tv",
     "curve_error", "composite"}; NaN marks a metric that does not apply (e.g. no overlap for the phase).
     """
-    return score_curves(mixer, stems_a, stems_b, [curves], bpm, blend, sample_rate, teacher)[0]
+    return score_curves(mixer, stems_a, stems_b, [curves], bpm, blend, sample_rate, teacher, bpm_b=bpm_b)[0]
 
 
 def composite_scorer(stems_a, stems_b, context, mixer: DifferentiableDJMixer | None = None,
@@ -803,6 +832,7 @@ class EvalPair:
     context: object  # data.transitions.TransitionContext
     teacher: torch.Tensor | None  # [F, 58] full layout
     meta: dict
+    bpm_b: float | None = None  # B's tempo in the clip (after the stretch)
 
 
 def load_pair(root: Path, entry: dict, n_frames: int) -> EvalPair:
@@ -833,8 +863,10 @@ def load_pair(root: Path, entry: dict, n_frames: int) -> EvalPair:
         tracks = meta["tracks"]
         context = context_from_analyses(tracks["a"], tracks["b"], 0.0, 0.0, duration, *blend, n_frames)
     bpm = meta.get("bpm") or context.bpm
+    bpm_b = (meta.get("tracks") or {}).get("b", {}).get("bpm")
     return EvalPair(entry["id"], entry.get("recipe") or meta.get("recipe"), stems_a, stems_b,
-                    float(bpm) if bpm else None, blend, context, teacher, meta)
+                    float(bpm) if bpm else None, blend, context, teacher, meta,
+                    float(bpm_b) if isinstance(bpm_b, (int, float)) and bpm_b > 0 else None)
 
 
 def model_curves(model, pair: EvalPair, k: int, steps: int | None, guidance: float | None,
@@ -859,15 +891,32 @@ def _mean(values: Sequence[float]) -> float:
     return float(v.mean()) if len(v) else float("nan")
 
 
+def common_pairs(by_pair: dict[str, dict[str, dict]], methods: Sequence[str], key: str) -> list[str]:
+    """The pairs on which every one of `methods` that has `key` anywhere has it (a method without it on any pair,
+    such as the hard cut's beat phase, does not count): means over these compare like with like. A method whose
+    metric is NaN on a pair (no overlap for a phase, say) would otherwise be averaged over an easier set."""
+    finite = lambda r: r is not None and np.isfinite(r[key])  # noqa: E731
+    having = [m for m in methods if any(finite(results.get(m)) for results in by_pair.values())]
+    return [p for p, results in by_pair.items() if all(finite(results.get(m)) for m in having)]
+
+
 def summarise(rows: list[dict], methods: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per method: mean of every metric over the pairs (NaN-aware), 'wins' (pairs where its composite is the best
-    among the compared methods, the teacher excluded; ties count for each) and 'best_on' (how many of the seven
-    individual metrics of the composite its mean is the best on)."""
+    """Per method: the mean of every metric over the pairs where all the compared methods have it (common_pairs;
+    the teacher does not narrow the set, its mean is over the same pairs where it has a value), 'wins' (pairs
+    where its composite is the best among the compared methods, the teacher excluded; ties count for each),
+    'best_on' (how many of the seven individual metrics of the composite its mean is the best on) and 'n_<metric>'
+    (the number of pairs behind each mean)."""
     by_pair: dict[str, dict[str, dict]] = {}
     for row in rows:
         by_pair.setdefault(row["pair"], {})[row["method"]] = row
-    summary = {m: {k: _mean([r[k] for r in rows if r["method"] == m]) for k in METRICS} for m in methods}
     compared = [m for m in methods if m != "teacher"]
+    summary: dict[str, dict[str, float]] = {m: {} for m in methods}
+    for k in METRICS:
+        pairs = common_pairs(by_pair, compared, k)
+        for m in methods:
+            values = [by_pair[p][m][k] for p in pairs if m in by_pair[p]]
+            summary[m][k] = _mean(values)
+            summary[m][f"n_{k}"] = int(np.isfinite(values).sum()) if values else 0
     for m in methods:
         summary[m]["wins"] = 0
         summary[m]["best_on"] = 0
@@ -908,6 +957,12 @@ def markdown_table(summary: dict[str, dict[str, float]], labels: dict[str, str],
         wins = "-" if m == "teacher" else str(values["wins"])
         best_on = "-" if m == "teacher" else str(values["best_on"])
         lines.append(f"| {labels.get(m, m)} | " + " | ".join(cells) + f" | {wins} | {best_on} |")
+    n_all = max((int(v.get("n_composite", 0)) for m, v in summary.items() if m != "teacher"), default=0)
+    fewer = [f"{COLUMNS[k][0].split(' (')[0].rstrip(' ↑↓')} over {n} of {n_all} pairs" for k in METRICS
+             if 0 < (n := max(int(summary[m].get(f"n_{k}", n_all)) for m in compared)) < n_all]
+    if fewer:
+        lines += ["", "Each mean is over the pairs where every compared method has the metric: "
+                  + "; ".join(fewer) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -1060,7 +1115,7 @@ def evaluate(args: argparse.Namespace) -> str:
         curves = baseline_curves(pair.context, seed=args.seed)
         if model is not None:
             samples = model_curves(model, pair, k, args.steps, args.guidance, seed=args.seed * 1_000_003 + index)
-        source = analyse_sources(pair.stems_a, pair.stems_b, pair.bpm, pair.blend)
+        source = analyse_sources(pair.stems_a, pair.stems_b, pair.bpm, pair.blend, bpm_b=pair.bpm_b)
         names = list(curves)
         sets = [curves[m] for m in names]
         if model is not None:

@@ -604,10 +604,11 @@ def generate_transition(
             raise InferenceError(f"--candidates needs evaluate.py (the evaluation metrics): {error}") from None
         batch = [torch.from_numpy(c).to(dev) for c in proposals]
         blend = (clip.blend_start, clip.blend_end)
+        bpm_b = clip.bpm / plan.octave_factor if clip.bpm and plan.octave_factor else None  # B's beat in the clip
         with torch.no_grad():
             if hasattr(evaluate, "score_curves"):  # the sources analysed once for all candidates
                 metrics = evaluate.score_curves(mixer, stems_a_dev, stems_b_dev, batch, clip.bpm, blend,
-                                                sample_rate=SAMPLE_RATE)
+                                                sample_rate=SAMPLE_RATE, bpm_b=bpm_b)
             else:
                 metrics = [evaluate.score_transition(mixer, stems_a_dev, stems_b_dev, c, clip.bpm, blend,
                                                      sample_rate=SAMPLE_RATE) for c in batch]
