@@ -255,7 +255,7 @@ class SourceAnalysis:
     novelty_p95: float  # NOVELTY_PERCENTILE of the sources' own novelty (NaN: too little music to tell)
     source_edges: np.ndarray  # [M'] bool, novelty frames near a start or stop of a source's own audio
     beat_phase: float  # A's beat phase (radians, relative to blend start) over the rhythm span; NaN: no pulse
-    bpm_b: float | None = None  # B's tempo in the clip where it was mixed at half or double A's, else None
+    bpm_b: float | None = None  # B's tempo in the clip (2 bpm or bpm / 2) in a half/double-time mix, else None
 
     @property
     def duration(self) -> float:
@@ -296,10 +296,12 @@ def _check_clip(stems_a, stems_b, blend, sample_rate) -> tuple[torch.Tensor, tor
 
 
 def double_time_bpm(bpm: float | None, bpm_b: float | None) -> float | None:
-    """bpm_b when it is about half or double bpm (within 10 %: a half/double-time mix), else None."""
+    """2 bpm or bpm / 2 when bpm_b is about that (within 10 %: a half/double-time mix, B beatmatched to A, so the
+    relation is exact in the clip), else None."""
     if not (bpm and bpm_b and float(bpm) > 0 and float(bpm_b) > 0):
         return None
-    return float(bpm_b) if abs(abs(math.log2(float(bpm_b) / float(bpm))) - 1.0) < math.log2(1.1) else None
+    octaves = math.log2(float(bpm_b) / float(bpm))
+    return float(bpm) * 2.0 ** round(octaves) if abs(abs(octaves) - 1.0) < math.log2(1.1) else None
 
 
 def analyse_sources(stems_a, stems_b, bpm: float | None, blend: tuple[float, float],
