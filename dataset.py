@@ -309,7 +309,7 @@ TEACHERS = ("sample", "select", "decide")  # see SyntheticDataset
 # Bumped when a teacher's curves change for the same seed, so caches of made pairs are not reused across the change
 # (decide 2: the deciding teacher rides the master through the blend, data.transitions.ride_gain; decide 3: its
 # bass swap hands the lows over with the low EQs alone, the bass faders stay up; select 2: its judge, evaluate.py's
-# composite, reads the clash gains frame by frame and folds a double-time mix's beat phase on the faster beat).
+# composite, reads the clash gains frame by frame; it has no B tempo, so its beat phase folds on A's beat as before).
 TEACHER_REVISIONS = {"sample": 1, "select": 2, "decide": 3}
 
 
