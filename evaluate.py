@@ -2,6 +2,7 @@
 
     python evaluate.py --data processed --split test --model runs/small/best.pt --out eval/
     python evaluate.py --data processed --split test --model model.pt --candidates 4 --limit 20
+    python evaluate.py --pool eval_a/results.csv eval_b/results.csv --out eval_pooled   # several sets as one
 
 Every method draws curves [F, 58] (the full layout) on the same clip geometry; the mixer renders them
 and each track's contribution alone (the mixer is linear in the audio, so A's contribution is exactly
@@ -902,15 +903,20 @@ def common_pairs(by_pair: dict[str, dict[str, dict]], methods: Sequence[str], ke
     return [p for p, results in by_pair.items() if all(finite(results.get(m)) for m in having)]
 
 
+def _by_pair(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    by_pair: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        by_pair.setdefault(row["pair"], {})[row["method"]] = row
+    return by_pair
+
+
 def summarise(rows: list[dict], methods: Sequence[str]) -> dict[str, dict[str, float]]:
     """Per method: the mean of every metric over the pairs where all the compared methods have it (common_pairs;
     the teacher does not narrow the set, its mean is over the same pairs where it has a value), 'wins' (pairs
     where its composite is the best among the compared methods, the teacher excluded; ties count for each),
     'best_on' (how many of the seven individual metrics of the composite its mean is the best on) and 'n_<metric>'
     (the number of pairs behind each mean)."""
-    by_pair: dict[str, dict[str, dict]] = {}
-    for row in rows:
-        by_pair.setdefault(row["pair"], {})[row["method"]] = row
+    by_pair = _by_pair(rows)
     compared = [m for m in methods if m != "teacher"]
     summary: dict[str, dict[str, float]] = {m: {} for m in methods}
     for k in METRICS:
@@ -970,41 +976,104 @@ def markdown_table(summary: dict[str, dict[str, float]], labels: dict[str, str],
 
 BASELINES = ("hard_cut", "linear_crossfade", "equal_power", "rule_bass_swap")
 HEAD_TO_HEAD = tuple(k for k in METRICS if k != "composite")  # the individual metrics: 7 of quality + curve error
+SIGNIFICANCE = 0.05  # a win whose paired sign-flip test gives p below this is marked significant
+EXACT_FLIPS = 16  # up to this many pairs the sign-flip test enumerates all 2^n patterns; beyond, RANDOM_FLIPS
+RANDOM_FLIPS = 20000
 
 
-def head_to_head(summary: dict[str, dict[str, float]], method: str) -> dict[str, dict]:
+def paired_p_value(diff: Sequence[float], seed: int = 0) -> float:
+    """Two-sided p-value of a paired sign-flip (permutation) test of 'the mean per-pair difference is 0': under
+    the null each pair's difference is as likely negative, so p is the share of sign patterns whose |mean| reaches
+    the observed one (all 2^n up to EXACT_FLIPS pairs; RANDOM_FLIPS seeded random patterns beyond, counting the
+    observed one). It answers whether a win on the means is carried by the pairs or by one or two of them.
+    NaN differences drop out; NaN when none is left, 1 when the mean is 0."""
+    d = np.asarray(diff, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return float("nan")
+    observed = abs(d.mean())
+    if observed <= 1e-12:
+        return 1.0
+    n = len(d)
+    if n <= EXACT_FLIPS:
+        signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1.0
+        return float((np.abs(signs @ d) / n >= observed * (1 - 1e-9)).mean())
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(RANDOM_FLIPS, n))
+    return float(((np.abs(signs @ d) / n >= observed * (1 - 1e-9)).sum() + 1) / (RANDOM_FLIPS + 1))
+
+
+def paired_tests(rows: list[dict], methods: Sequence[str], method: str) -> dict[str, dict[str, float]]:
+    """Per baseline among `methods`: {metric: p} of paired_p_value over the per-pair differences between `method`
+    and the baseline, on the pairs that summarise's means use (common_pairs of the compared methods), for the
+    HEAD_TO_HEAD metrics and the composite."""
+    by_pair = _by_pair(rows)
+    compared = [m for m in methods if m != "teacher"]
+    out: dict[str, dict[str, float]] = {}
+    for base in (b for b in BASELINES if b in methods):
+        out[base] = {}
+        for k in (*HEAD_TO_HEAD, "composite"):
+            pairs = [p for p in common_pairs(by_pair, compared, k) if method in by_pair[p] and base in by_pair[p]]
+            out[base][k] = paired_p_value([by_pair[p][method][k] - by_pair[p][base][k] for p in pairs])
+    return out
+
+
+def head_to_head(summary: dict[str, dict[str, float]], method: str,
+                 p_values: dict[str, dict[str, float]] | None = None) -> dict[str, dict]:
     """Per baseline present: does `method` beat it on the mean composite, and on which individual metrics (means,
-    HEAD_TO_HEAD; a metric either side lacks, or a tie, is no win)."""
+    HEAD_TO_HEAD; a metric either side lacks, or a tie, is no win). With p_values (paired_tests), also
+    'significant': the metrics won at p < SIGNIFICANCE, and 'composite_p'."""
     def better(k: str, a: float, b: float) -> bool:
         if not (np.isfinite(a) and np.isfinite(b)) or abs(a - b) <= 1e-12:
             return False
         return a > b if k in HIGHER_IS_BETTER else a < b
 
     mine = summary[method]
-    return {base: {"composite": better("composite", mine["composite"], summary[base]["composite"]),
-                   "metrics": [k for k in HEAD_TO_HEAD if better(k, mine[k], summary[base][k])]}
-            for base in BASELINES if base in summary}
+    out = {}
+    for base in (b for b in BASELINES if b in summary):
+        row = {"composite": better("composite", mine["composite"], summary[base]["composite"]),
+               "metrics": [k for k in HEAD_TO_HEAD if better(k, mine[k], summary[base][k])]}
+        if p_values is not None and base in p_values:
+            row["significant"] = [k for k in row["metrics"] if p_values[base].get(k, np.nan) < SIGNIFICANCE]
+            row["composite_p"] = p_values[base].get("composite", float("nan"))
+        out[base] = row
+    return out
 
 
-def head_to_head_table(summary: dict[str, dict[str, float]], labels: dict[str, str], need: int = 4) -> str:
+def head_to_head_table(summary: dict[str, dict[str, float]], labels: dict[str, str], need: int = 4,
+                       rows: list[dict] | None = None) -> str:
     """Markdown: each model row against each baseline (composite, individual metrics won), and whether it beats
-    every baseline on the composite and on at least `need` individual metrics."""
+    every baseline on the composite and on at least `need` individual metrics. With the per-pair rows, each win
+    also gets its paired sign-flip test (paired_tests): significant wins are marked, counted and judged apart."""
     lines = []
+    methods = list(summary)
     for method in (m for m in ("model", "model_best") if m in summary):
-        rows = head_to_head(summary, method)
-        if not rows:
+        p_values = paired_tests(rows, methods, method) if rows else None
+        table = head_to_head(summary, method, p_values)
+        if not table:
             continue
-        verdict = all(r["composite"] and len(r["metrics"]) >= need for r in rows.values())
-        lines += ["", f"{labels.get(method, method)} against each baseline (means over the pairs): beats every "
-                      f"baseline on the composite and on at least {need} individual metrics: "
-                      f"**{'yes' if verdict else 'no'}**.", "",
-                  "| baseline | composite | individual metrics won | which |", "|---|---|---:|---|"]
-        for base, r in rows.items():
-            comp = (f"{summary[method]['composite']:.3f} vs {summary[base]['composite']:.3f} "
-                    + ("(won)" if r["composite"] else "(lost)"))
-            which = ", ".join(COLUMNS[k][0].split(" (")[0].rstrip(" ↑↓") for k in r["metrics"]) or "-"
-            lines.append(f"| {labels.get(base, base)} | {comp} | {len(r['metrics'])} of {len(HEAD_TO_HEAD)} | "
-                         f"{which} |")
+        verdict = all(r["composite"] and len(r["metrics"]) >= need for r in table.values())
+        text = (f"{labels.get(method, method)} against each baseline (means over the pairs): beats every baseline on "
+                f"the composite and on at least {need} individual metrics: **{'yes' if verdict else 'no'}**.")
+        header = "| baseline | composite | individual metrics won | which |"
+        if p_values is not None:
+            strict = all(r["composite"] and r["composite_p"] < SIGNIFICANCE and len(r["significant"]) >= need
+                         for r in table.values())
+            text += (f" Counting only wins that a paired sign-flip test over the pairs finds significant "
+                     f"(p < {SIGNIFICANCE:g}, marked †): **{'yes' if strict else 'no'}**.")
+            header += " significant |"
+        lines += ["", text, "", header, "|---|---|---:|---|" + ("---:|" if p_values is not None else "")]
+        for base, r in table.items():
+            comp = f"{summary[method]['composite']:.3f} vs {summary[base]['composite']:.3f} "
+            outcome = "won" if r["composite"] else "lost"
+            if p_values is not None:
+                outcome += f", p = {r['composite_p']:.3g}"
+            names = [COLUMNS[k][0].split(" (")[0].rstrip(" ↑↓") + ("†" if k in r.get("significant", ()) else "")
+                     for k in r["metrics"]]
+            line = (f"| {labels.get(base, base)} | {comp}({outcome}) | {len(r['metrics'])} of {len(HEAD_TO_HEAD)} | "
+                    f"{', '.join(names) or '-'} |")
+            if p_values is not None:
+                line += f" {len(r['significant'])} |"
+            lines.append(line)
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -1150,7 +1219,7 @@ def evaluate(args: argparse.Namespace) -> str:
         source_line = (f"model `{args.model}` ({k} candidate(s), {args.steps or dcfg.inference_steps} DDIM steps, "
                        f"guidance {guidance})")
     header = f"Evaluation on {n_pairs} pair(s) of `{root}` split `{args.split}`; {source_line}."
-    text = markdown_table(summary, labels, header) + head_to_head_table(summary, labels)
+    text = markdown_table(summary, labels, header) + head_to_head_table(summary, labels, rows=rows)
     if skipped:
         text += f"\n{len(skipped)} pair(s) could not be read and were skipped: {', '.join(map(str, skipped))}\n"
     out = Path(args.out)
@@ -1162,9 +1231,54 @@ def evaluate(args: argparse.Namespace) -> str:
     return text
 
 
+def read_results(paths: Sequence[str | os.PathLike]) -> list[dict]:
+    """The per-pair rows of earlier runs' results.csv files, pooled: each pair id is prefixed with its file's
+    folder name ('eval_a/pair_x') so that sets evaluated apart stay apart. Raises EvalError on a missing or
+    malformed file, or on the same pair and method twice."""
+    rows, seen = [], set()
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise EvalError(f"{path}: no such results file (evaluate.py writes results.csv to --out)")
+        try:
+            with open(path, newline="") as handle:
+                records = list(csv.DictReader(handle))
+            for record in records:
+                row = {"pair": f"{path.parent.name}/{record['pair']}", "recipe": record.get("recipe", ""),
+                       "method": record["method"], **{k: float(record[k]) for k in METRICS}}
+                if (row["pair"], row["method"]) in seen:
+                    raise EvalError(f"{path}: pair {record['pair']} ({row['method']}) appears twice in the pool")
+                seen.add((row["pair"], row["method"]))
+                rows.append(row)
+        except (KeyError, ValueError, UnicodeDecodeError, csv.Error) as error:
+            raise EvalError(f"{path}: not an evaluate.py results.csv ({type(error).__name__}: {error})") from None
+        if not records:
+            raise EvalError(f"{path}: no rows")
+    return rows
+
+
+def pool(args: argparse.Namespace) -> str:
+    """Re-summarise earlier runs (--pool): the table and head to head over all their pairs, without rendering."""
+    rows = read_results(args.pool)
+    present = {r["method"] for r in rows}
+    methods = [m for m in (*BASELINES, "model", "model_best", "teacher") if m in present]
+    labels = {**LABELS, "model_best": LABELS["model_best"].format(k=args.candidates if args.candidates > 1 else "K")}
+    n_pairs = len({r["pair"] for r in rows})
+    header = f"Pooled evaluation: {n_pairs} pair(s) from {len(args.pool)} results file(s)."
+    summary = summarise(rows, methods)
+    text = markdown_table(summary, labels, header) + head_to_head_table(summary, labels, rows=rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text), ".md")
+    plot_metrics(out / "metrics.png", rows, methods, labels)
+    log.info("wrote %s and %s", out / "results.md", out / "metrics.png")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="processed folder (pipeline.py output)")
+    parser.add_argument("--data", default=None, help="processed folder (pipeline.py output); required unless --pool")
+    parser.add_argument("--pool", nargs="+", default=None, metavar="CSV",
+                        help="re-summarise earlier runs' results.csv files over all their pairs (no rendering)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--model", default=None, help="checkpoint or exported weights; omitted: baselines only")
     parser.add_argument("--candidates", type=int, default=1,
@@ -1186,8 +1300,12 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"error: --{name} must be >= 1, got {value}", file=sys.stderr)
             return 2
+    if (args.data is None) == (args.pool is None):
+        print("error: give either --data (evaluate a processed folder) or --pool (re-summarise results.csv files)",
+              file=sys.stderr)
+        return 2
     try:
-        text = evaluate(args)
+        text = pool(args) if args.pool else evaluate(args)
     except EvalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -310,6 +310,45 @@ def test_head_to_head_counts_the_metrics_won_against_each_baseline():
     assert "**no**" in ev.head_to_head_table(summary, ev.LABELS, need=5)
 
 
+def test_paired_p_value_known_answers():
+    """Sign-flip test: n equal positive differences reach |mean| only in 2 of 2^n patterns; a mean carried by one
+    outlying pair is not significant; beyond EXACT_FLIPS pairs the random patterns count the observed one."""
+    assert ev.paired_p_value([1.0] * 4) == pytest.approx(2 / 16)
+    assert ev.paired_p_value([0.5, 1.0, 2.0, 1.5, 0.7, 0.9, 1.1, 3.0, 0.2, 0.4]) == pytest.approx(2 / 1024)
+    assert ev.paired_p_value([100.0, 0.1, -0.1, 0.1, -0.1, 0.1, -0.1, 0.1]) >= 0.4  # the mean rests on one pair of 8
+    assert ev.paired_p_value([1.0, -1.0]) == 1.0 and math.isnan(ev.paired_p_value([float("nan")]))
+    assert ev.paired_p_value([1.0, float("nan"), 1.0]) == pytest.approx(2 / 4)  # NaN pairs drop out
+    n = ev.EXACT_FLIPS + 8
+    assert ev.paired_p_value([1.0] * n) == pytest.approx(1 / (ev.RANDOM_FLIPS + 1))
+    noise = np.random.default_rng(0).normal(size=n)
+    assert 0.05 < ev.paired_p_value(noise - noise.mean()) <= 1.0
+
+
+def test_head_to_head_marks_the_wins_the_pairs_carry():
+    """With the per-pair rows: a loudness-dip win on every pair is significant, a beat-phase win carried by one pair
+    (108 ms against 0.4 ms there, the same elsewhere) is a win on the means but not significant, so the strict
+    verdict is no while the plain one is yes."""
+    rows = []
+    for i in range(10):
+        for method in ("linear_crossfade", "model"):
+            ours = method == "model"
+            rows.append({"pair": f"p{i}", "method": method, **{k: 0.5 for k in ev.METRICS},
+                         "loudness_dip_db": 1.0 if ours else 2.0 + 0.1 * i, "bass_clash": 0.0,
+                         "beat_phase_ms": (0.4 if ours else 108.0) if i == 0 else 2.0 + 0.01 * i,
+                         "rhythmic_consistency": 0.9 if ours else 0.8, "curve_error": 0.01 if ours else 0.05,
+                         "composite": 0.9 if ours else 0.8})
+    summary = ev.summarise(rows, ["linear_crossfade", "model"])
+    tests = ev.paired_tests(rows, ["linear_crossfade", "model"], "model")["linear_crossfade"]
+    assert tests["loudness_dip_db"] == pytest.approx(2 / 1024) and tests["beat_phase_ms"] > 0.5
+    table = ev.head_to_head(summary, "model", {"linear_crossfade": tests})["linear_crossfade"]
+    assert table["metrics"] == ["loudness_dip_db", "beat_phase_ms", "rhythmic_consistency", "curve_error"]
+    assert table["significant"] == ["loudness_dip_db", "rhythmic_consistency", "curve_error"]
+    text = ev.head_to_head_table(summary, ev.LABELS, rows=rows)
+    assert "at least 4 individual metrics: **yes**" in text and "(p < 0.05, marked †): **no**" in text
+    assert "loudness dip†, beat phase, rhythmic consistency†, curve error† | 3 |" in text
+    assert "**yes**" in ev.head_to_head_table(summary, ev.LABELS, need=3, rows=rows).split("marked †)")[1]
+
+
 # -- the public API --------------------------------------------------------------------------------------------------
 def test_score_transition_signature_and_keys(mixer, tracks):
     params = inspect.signature(ev.score_transition).parameters
@@ -466,6 +505,21 @@ def test_cli_baselines_only_and_bad_input(tmp_path, capsys, caplog):
     bad.write_bytes(b"not a checkpoint")
     assert "bad.pt" in error("--data", str(data), "--model", str(bad), "--out", str(out))
     assert "--candidates" in error("--data", str(data), "--candidates", "0")
+
+    # --pool: earlier runs' results.csv re-summarised over all their pairs, each set's ids kept apart
+    other = tmp_path / "eval_b"
+    other.mkdir()
+    (other / "results.csv").write_text((out / "results.csv").read_text())
+    pooled = tmp_path / "pooled"
+    assert ev.main(["--pool", str(out / "results.csv"), str(other / "results.csv"), "--out", str(pooled)]) == 0
+    text = (pooled / "results.md").read_text()
+    assert "Pooled evaluation: 2 pair(s) from 2 results file(s)" in text and "rule bass swap" in text
+    assert (pooled / "metrics.png").is_file() and capsys.readouterr().out.strip() == text.strip()
+    assert "no such results file" in error("--pool", str(tmp_path / "none.csv"))
+    assert "appears twice" in error("--pool", str(out / "results.csv"), str(out / "results.csv"))
+    (tmp_path / "notes.csv").write_text("pair,method\np1,model\n")
+    assert "not an evaluate.py results.csv" in error("--pool", str(tmp_path / "notes.csv"))
+    assert "either --data" in error("--out", str(out))
 
 
 @pytest.mark.slow
