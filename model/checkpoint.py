@@ -224,6 +224,22 @@ def _load_state(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path
     module.load_state_dict(state, strict=not new_parts)
 
 
+def stored_config(ckpt: Mapping[str, Any], path: str | os.PathLike) -> Config:
+    """The Config a read checkpoint was trained with; CheckpointError (one line) when it cannot be rebuilt here,
+    e.g. a field this version does not know or a value its validation refuses."""
+    try:
+        return config_from_dict(ckpt["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its config does not fit this version ({error})") from None
+
+
+def _build_model(config: Config, path: str | os.PathLike) -> TransitionDiffusion:
+    try:
+        return TransitionDiffusion(config)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: its config does not build a model ({error})") from None
+
+
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, ema: AveragedModel | None = None,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     generators: Mapping[str, torch.Generator | np.random.Generator] | None = None,
@@ -234,9 +250,9 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, 
     """
     path = Path(path)
     ckpt = read_checkpoint(path, map_location)
-    config = config_from_dict(ckpt["config"])
+    config = stored_config(ckpt, path)
     if model is None:
-        model = TransitionDiffusion(config)
+        model = _build_model(config, path)
         if map_location is not None and not callable(map_location) and not isinstance(map_location, Mapping):
             model.to(map_location)
     net = _unwrap(model)
@@ -275,7 +291,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TransitionDiffusion:
     """A model ready for inference: the EMA weights (never the raw ones when EMA exists), eval mode, on device."""
     ckpt = read_checkpoint(path, "cpu")
-    model = TransitionDiffusion(config_from_dict(ckpt["config"]))
+    model = _build_model(stored_config(ckpt, path), path)
     return load_weights(model, ckpt, path).to(device).eval()
 
 

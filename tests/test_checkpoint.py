@@ -170,6 +170,23 @@ def test_tensor_shape_mismatch_names_the_parameter(tmp_path):
         load_model(tmp_path / "junk.pt")
 
 
+def test_a_config_this_version_cannot_build_is_a_checkpoint_error(tmp_path):
+    """A checkpoint from another version (a field unknown here) or with a config its validation refuses fails in
+    one line naming the file, through load_model and load_checkpoint alike (the CLIs catch CheckpointError)."""
+    path = save_checkpoint(tmp_path / "c.pt", create_model(get_config("tiny")))
+    raw = torch.load(path, weights_only=True)
+    unknown = {**raw, "config": {**raw["config"], "model": {**raw["config"]["model"], "bogus_field": 1}}}
+    torch.save(unknown, tmp_path / "unknown.pt")
+    for load in (load_model, load_checkpoint):
+        with pytest.raises(CheckpointError, match=r"unknown\.pt: its config does not fit this version.*bogus_field"):
+            load(tmp_path / "unknown.pt")
+    bad = {**raw, "config": {**raw["config"], "model": {**raw["config"]["model"], "hidden_dim": 999}}}
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: its config") as error:
+        load_model(tmp_path / "bad.pt")
+    assert "\n" not in str(error.value)
+
+
 def test_load_model_uses_ema_weights_in_eval_mode(tmp_path):
     model, ema, opt, sched = training_state()
     train_steps(model, ema, opt, sched, torch.Generator().manual_seed(0), 2)
