@@ -858,7 +858,7 @@ def load_pair(root: Path, entry: dict, n_frames: int) -> EvalPair:
     teacher = None
     if (folder / "params.npy").is_file():
         stored = torch.from_numpy(np.load(folder / "params.npy")).float()
-        teacher = get_layout(meta.get("layout", "full")).expand_to(stored, FULL)
+        teacher = get_layout(meta.get("layout", "full")).to_full(stored)
         n_frames = teacher.shape[0]
     if ctx_dict is not None:
         context = TransitionContext.from_dict({**ctx_dict, "n_frames": n_frames, "duration": duration})
@@ -885,7 +885,7 @@ def model_curves(model, pair: EvalPair, k: int, steps: int | None, guidance: flo
     style = model.candidate_styles(model.move_probs(*feats), k)  # a move head's choice, as inference.py makes it
     curves = model.sample(feats[0].repeat_interleave(k), feats[1].repeat_interleave(k), n_frames=n_frames,
                           steps=steps, guidance_scale=guidance, generator=generator, style=style)
-    return model.layout.expand_to(curves.float().cpu(), FULL)
+    return model.layout.to_full(curves.float().cpu())  # the same mix in the full layout
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -1133,6 +1133,25 @@ def plot_metrics(path: Path, rows: list[dict], methods: Sequence[str], labels: d
     plt.close(fig)
 
 
+def _resolve_device(name: str) -> torch.device:
+    from inference import InferenceError, resolve_device  # one rule for --device across the CLIs
+
+    try:
+        return resolve_device(name)
+    except InferenceError as error:
+        raise EvalError(str(error)) from None
+
+
+def _output_folder(path: str | os.PathLike) -> Path:
+    """--out, created now (an existing file in the way, or no permission, is an EvalError)."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EvalError(f"--out {out}: cannot create the folder ({error.strerror or error})") from None
+    return out
+
+
 def evaluate(args: argparse.Namespace) -> str:
     """Run the comparison and write the outputs; returns the markdown. Raises EvalError on bad input."""
     from dataset import read_manifest
@@ -1151,12 +1170,13 @@ def evaluate(args: argparse.Namespace) -> str:
     if args.limit is not None:
         entries = entries[:args.limit]
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _resolve_device(args.device)
+    out = _output_folder(args.out)  # before the work: an unusable --out fails now, not after the last pair
     model = None
     if args.model is None:
         log.info("no --model given: evaluating the baselines only")
-    elif not Path(args.model).is_file():
-        log.warning("model file %s not found: evaluating the baselines only", args.model)
+    elif not Path(args.model).is_file():  # a mistyped path must not pass for a baselines-only report
+        raise EvalError(f"--model {args.model}: no such file (omit --model to evaluate the baselines only)")
     else:
         from model import CheckpointError, load_model
 
@@ -1222,8 +1242,6 @@ def evaluate(args: argparse.Namespace) -> str:
     text = markdown_table(summary, labels, header) + head_to_head_table(summary, labels, rows=rows)
     if skipped:
         text += f"\n{len(skipped)} pair(s) could not be read and were skipped: {', '.join(map(str, skipped))}\n"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text), ".md")
     write_csv(out / "results.csv", rows)
     plot_metrics(out / "metrics.png", rows, methods, labels)
@@ -1258,6 +1276,7 @@ def read_results(paths: Sequence[str | os.PathLike]) -> list[dict]:
 
 def pool(args: argparse.Namespace) -> str:
     """Re-summarise earlier runs (--pool): the table and head to head over all their pairs, without rendering."""
+    out = _output_folder(args.out)
     rows = read_results(args.pool)
     present = {r["method"] for r in rows}
     methods = [m for m in (*BASELINES, "model", "model_best", "teacher") if m in present]
@@ -1266,8 +1285,6 @@ def pool(args: argparse.Namespace) -> str:
     header = f"Pooled evaluation: {n_pairs} pair(s) from {len(args.pool)} results file(s)."
     summary = summarise(rows, methods)
     text = markdown_table(summary, labels, header) + head_to_head_table(summary, labels, rows=rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text), ".md")
     plot_metrics(out / "metrics.png", rows, methods, labels)
     log.info("wrote %s and %s", out / "results.md", out / "metrics.png")
@@ -1288,7 +1305,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's config)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's config)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model samples and the rule planner")
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda when available)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="auto (default): CUDA, else MPS, else CPU")
     return parser
 
 
@@ -1309,6 +1327,9 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # writing the results (disk full, permissions): one line, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(text)
     return 0
 

@@ -57,7 +57,7 @@ from data.transitions import RECIPES, sample_recipe
 from dataset import STYLE_LABELS, build_track_features, style_index
 from effects.mixer import DifferentiableDJMixer
 from effects.output import LimiterReport, limit_true_peak, loudness_compensate
-from effects.params import FULL, SAMPLE_RATE
+from effects.params import SAMPLE_RATE
 from model.checkpoint import CheckpointError
 from model.checkpoint import load_model as _load_checkpoint
 from model.conditioning import TrackFeatures
@@ -287,8 +287,12 @@ class ModelPlanner:
         feats_a, feats_b = self.features(clip)
         label, names = None, [style if style != FREE_STYLE else None] * k
         if style is not None:
-            if self.model.config.model.n_styles > 0:
+            n_styles = self.model.config.model.n_styles
+            if n_styles > 0:
                 label = torch.tensor([-1 if style == FREE_STYLE else style_index(style)])
+                if int(label[0]) >= n_styles:  # a model trained on fewer labels than this version knows
+                    known = ", ".join(STYLE_LABELS[:n_styles])
+                    raise InferenceError(f"--style {style}: this model was trained on {n_styles} styles ({known})")
             elif style != FREE_STYLE:
                 log.warning("this model was trained without style labels: --style %s is ignored", style)
         else:
@@ -305,7 +309,7 @@ class ModelPlanner:
             curves = self.model.sample(feats_a, feats_b, n_frames=self.model.config.model.n_frames, steps=steps,
                                        guidance_scale=guidance_scale, generator=generator, style=label,
                                        imposed=style is not None)
-        curves = self.model.layout.expand_to(curves.float().cpu(), FULL)
+        curves = self.model.layout.to_full(curves.float().cpu())  # the same mix in the full layout
         return curves.numpy().astype(np.float32), names
 
 
@@ -335,6 +339,7 @@ class Transition:
         summary; each file is first written in full to a temporary name, then all are moved into place."""
         audio_path = Path(audio_path)
         params_path = Path(params_path) if params_path is not None else audio_path.with_suffix(".json")
+        check_outputs([audio_path, params_path, *(Path(x) for x in (plot_path, summary_path) if x is not None)])
         doc = {**self.params, "audio": {**self.params["audio"], "path": audio_path.name}}
         jobs: list[tuple[Path, Callable[[Path], None]]] = [
             (audio_path, lambda p: save_audio(p, self.audio, self.sample_rate)),
@@ -350,6 +355,27 @@ class Transition:
             if summary_path is not None:
                 jobs.append((Path(summary_path), lambda p: p.write_text(visualize.summary_markdown(doc))))
         return _commit(jobs)
+
+
+def check_outputs(outputs: Sequence[Path], inputs: Sequence[str | os.PathLike | None] = ()) -> None:
+    """InferenceError when two outputs are one file, an output is one of the input tracks, or an output's folder
+    cannot be made (a file in the way): checked before any work, so nothing is lost or half-written."""
+    def same(x: Path, y: Path) -> bool:
+        return x.resolve() == y.resolve() or (x.exists() and y.exists() and os.path.samefile(x, y))
+
+    for i, out in enumerate(outputs):
+        for other in outputs[i + 1:]:
+            if same(out, other):
+                raise InferenceError(f"{out}: given for two outputs (the audio, params, plot and summary need "
+                                     f"four different files)")
+        for source in (Path(x) for x in inputs if x is not None):
+            if source.is_file() and same(out, source):
+                raise InferenceError(f"{out}: is an input track; choose another output (-o, --save-params)")
+        parent = out.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise InferenceError(f"{out}: cannot be written ({parent} is a file, not a folder)")
 
 
 def _commit(jobs: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
@@ -509,6 +535,8 @@ def generate_transition(
         raise InferenceError(f"--candidates must be >= 1, got {candidates}")
     if steps < 1:
         raise InferenceError(f"--steps must be >= 1, got {steps}")
+    if not math.isfinite(guidance_scale):
+        raise InferenceError(f"--guidance-scale must be a finite number, got {guidance_scale}")
     if not (context >= 0 and math.isfinite(context)):
         raise InferenceError(f"--context must be >= 0 seconds, got {context}")
     if style is not None and style not in RECIPES and style != FREE_STYLE:
@@ -802,7 +830,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if output.suffix.lower() not in (".wav", ".flac"):
         print(f"error: {output}: the output must be a .wav or .flac file", file=sys.stderr)
         return 1
+    plot = output.with_suffix(".png") if args.visualize else None
+    summary = output.with_suffix(".md") if args.visualize else None
     try:
+        params = Path(args.save_params) if args.save_params else output.with_suffix(".json")
+        check_outputs([output, params, *(x for x in (plot, summary) if x is not None)], [args.track_a, args.track_b])
         result = generate_transition(
             args.track_a, args.track_b, model=args.model, bars=args.bars, duration=args.duration,
             cue_a=args.cue_a, cue_b=args.cue_b, context=args.context, full_mix=args.full_mix, steps=args.steps,
@@ -811,10 +843,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             device=args.device, cache_dir=args.cache_dir, use_cache=not args.no_cache,
             progress=sys.stderr.isatty(),
         )
-        plot = output.with_suffix(".png") if args.visualize else None
-        summary = output.with_suffix(".md") if args.visualize else None
         written = result.save(output, args.save_params, plot, summary)
     except (AudioError, InferenceError, SeparatorUnavailable, ParamsError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except OSError as error:  # writing (disk full, permissions): one line, the earlier files untouched
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
     seconds = result.audio.shape[-1] / SAMPLE_RATE

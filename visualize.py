@@ -237,9 +237,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_image_path(path: Path) -> None:
+    """ParamsError unless matplotlib can write this file type (checked before anything is written)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kind = path.suffix.lstrip(".").lower() or "png"
+    supported = plt.gcf().canvas.get_supported_filetypes()
+    plt.close("all")
+    if kind not in supported:
+        choices = ", ".join(f".{k}" for k in sorted(supported))
+        raise ParamsError(f"{path}: matplotlib cannot write .{kind} images (use one of {choices})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        plotting = bool(args.output or not args.summary)
+        if plotting:
+            _check_image_path(Path(args.output) if args.output else Path(args.params).with_suffix(".png"))
         doc = read_params(args.params)
         audio, rate = None, None
         if args.audio:
@@ -257,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(summary_markdown(doc))
             os.replace(tmp, summary)
             written.append(summary)
-        if args.output or not args.summary:
+        if plotting:
             output = Path(args.output) if args.output else Path(args.params).with_suffix(".png")
             tmp = output.with_name(f".{output.stem}.tmp{output.suffix}")
             try:
@@ -267,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                 tmp.unlink(missing_ok=True)
             written.append(output)
     except ParamsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # an output folder that cannot be made, a full disk: one line
         print(f"error: {error}", file=sys.stderr)
         return 1
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

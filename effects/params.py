@@ -245,6 +245,38 @@ class ParamLayout:
                 out[..., other._index[p.name]] = curves[..., i]
         return out
 
+    def to_full(self, curves: torch.Tensor) -> torch.Tensor:
+        """Curves [..., F, P] in this layout -> [..., F, 58] in FULL that the mixer renders to the same mix.
+
+        expand_to fills missing columns at neutral, which drops this layout's routing rules; here they are
+        folded into FULL's own controls. No crossfader (both tracks at unity): the crossfader at centre
+        (-3.01 dB each) and the master 3.01 dB up, with the reverb return and the delay sends, which the master
+        scales but the crossfader does not, 3.01 dB down (exact while the master has 3 dB of headroom). No reverb
+        sends (master-fed reverb): each track's send is its crossfader gain at each curve frame (cos, sin; the
+        mixer interpolates the send where it would interpolate the position, a difference below 0.2 % for a
+        crossfader that takes 16 frames or more to cross). FULL curves are returned as they are.
+        """
+        if self is FULL:
+            return curves
+        out = self.expand_to(curves, FULL)
+        col = FULL._index
+        if self.reverb_from_master:
+            if self.crossfader_thru:
+                sends = (torch.ones_like(out[..., 0]),) * 2
+            else:
+                angle = out[..., col["crossfader"]] * (math.pi / 2)
+                sends = (torch.cos(angle), torch.sin(angle))
+            for track, send in zip(TRACKS, sends):
+                out[..., col[f"{track}.reverb_send"]] = send
+        if self.crossfader_thru:
+            span = EQ_DB_RANGE[1] - EQ_DB_RANGE[0]
+            out[..., col["crossfader"]] = 0.5
+            master = out[..., col["master_gain"]] + 20.0 * math.log10(math.sqrt(2.0)) / span
+            out[..., col["master_gain"]] = master.clamp(max=1.0)
+            for name in ("reverb_return", *(f"{t}.delay_send" for t in TRACKS)):
+                out[..., col[name]] = out[..., col[name]] / math.sqrt(2.0)
+        return out
+
     def _check_width(self, curves: torch.Tensor) -> None:
         if curves.shape[-1] != len(self):
             raise ValueError(

@@ -482,11 +482,11 @@ def test_cli_end_to_end_on_a_small_folder(tmp_path, capsys):
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_baselines_only_and_bad_input(tmp_path, capsys, caplog):
+def test_cli_baselines_only_and_bad_input(tmp_path, capsys):
     data = make_processed(tmp_path / "processed", n_pairs=1)
     out = tmp_path / "eval"
-    assert ev.main(["--data", str(data), "--model", str(tmp_path / "missing.pt"), "--out", str(out)]) == 0
-    assert "not found" in caplog.text and "baselines only" in caplog.text
+    assert ev.main(["--data", str(data), "--out", str(out)]) == 0
+    assert "baselines only (no model)" in (out / "results.md").read_text()
     rows = read_rows(out / "results.csv")
     assert {r["method"] for r in rows} == {"hard_cut", "linear_crossfade", "equal_power", "rule_bass_swap", "teacher"}
     capsys.readouterr()
@@ -505,6 +505,12 @@ def test_cli_baselines_only_and_bad_input(tmp_path, capsys, caplog):
     bad.write_bytes(b"not a checkpoint")
     assert "bad.pt" in error("--data", str(data), "--model", str(bad), "--out", str(out))
     assert "--candidates" in error("--data", str(data), "--candidates", "0")
+    before = (out / "results.csv").read_bytes()
+    assert "no such file" in error("--data", str(data), "--model", str(tmp_path / "missing.pt"), "--out", str(out))
+    assert "cannot create the folder" in error("--data", str(data), "--out", str(out / "results.csv" / "sub"))
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in error("--data", str(data), "--device", "cuda", "--out", str(out))
+    assert (out / "results.csv").read_bytes() == before  # a failed run leaves the earlier results alone
 
     # --pool: earlier runs' results.csv re-summarised over all their pairs, each set's ids kept apart
     other = tmp_path / "eval_b"

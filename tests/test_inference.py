@@ -433,3 +433,30 @@ def test_bad_settings_are_one_line_errors(work, tmp_path, capsys):
                  "unknown separator")
     expect_error(capsys, cli(*base, "--model", "rules", "--bars", 40), "--bars 40")
     assert files_in(out) == []
+
+
+def test_outputs_that_would_overwrite_an_input_or_each_other_are_refused_before_any_work(work, tmp_path, capsys):
+    track = tmp_path / "a_copy.wav"
+    track.write_bytes(work.a.mix.read_bytes())
+    before = track.read_bytes()
+    common = [work.b.mix, "--stems-a", work.a.stems, "--stems-b", work.b.stems, "--model", "rules",
+              "--cache-dir", work.cache, "-q"]
+    expect_error(capsys, cli(track, *common, "-o", track), "a_copy.wav", "is an input track")
+    out = tmp_path / "out" / "t.wav"
+    expect_error(capsys, cli(track, *common, "-o", out, "--save-params", out), "t.wav", "two outputs")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    expect_error(capsys, cli(track, *common, "-o", blocker / "t.wav"), "a_file is a file")
+    assert track.read_bytes() == before and files_in(tmp_path / "out") == [] and blocker.read_text() == "in the way"
+
+
+def test_guidance_and_style_a_model_cannot_take_are_one_line_errors(work, tiny_checkpoint, tmp_path, capsys):
+    base = [work.a.mix, work.b.mix, "--stems-a", work.a.stems, "--stems-b", work.b.stems, "--cache-dir", work.cache,
+            "--bars", 4, "--context", 2, "--steps", 2, "-o", tmp_path / "t.wav", "-q"]
+    expect_error(capsys, cli(*base, "--model", tiny_checkpoint, "--guidance-scale", "nan"), "--guidance-scale")
+    torch.manual_seed(0)
+    few = create_model(get_config("tiny", model__n_styles=3))
+    path = save_checkpoint(tmp_path / "three_styles.pt", few, ema=create_ema(few))
+    expect_error(capsys, cli(*base, "--model", path, "--style", STYLE_LABELS[5]), f"--style {STYLE_LABELS[5]}",
+                 "trained on 3 styles")
+    assert files_in(tmp_path) == ["three_styles.pt"]

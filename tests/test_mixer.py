@@ -362,6 +362,29 @@ def test_layout_by_names_and_missing_parameters_sit_at_neutral(mixer):
     assert rel_error_db(y, a.sum(1) - a[:, 1]) < -80
 
 
+def test_to_full_keeps_the_routing_of_the_published_subsets(mixer):
+    """A per_track or global model's curves carried into the full layout render the same mix: no crossfader means
+    both tracks at unity (expand_to alone leaves the crossfader at centre, -3 dB each), a master-fed reverb takes
+    each track's crossfader gain as its send (expand_to alone mutes it)."""
+    a, b = noise_stems(1.5, 12), noise_stems(1.5, 13)
+    g = torch.Generator().manual_seed(3)
+    n = 24
+    for layout in (PER_TRACK, GLOBAL):
+        curves = torch.rand(1, n, len(layout), generator=g) * 0.6 + 0.2
+        if "a.delay_send" in layout:  # sends open enough for the echoes to count
+            for name in ("a.delay_send", "b.delay_send", "a.reverb_send", "b.reverb_send"):
+                curves[0, :, layout.index(name)] = 0.5
+        if "crossfader" in layout:  # a crossfader that moves across the clip, as a DJ's does
+            curves[0, :, layout.index("crossfader")] = torch.linspace(0.0, 1.0, n)
+            curves[0, :, layout.index("reverb_return")] = 0.8
+        native = mixer(a, b, curves, layout=layout, bpm=120.0)
+        full = mixer(a, b, layout.to_full(curves), layout=FULL, bpm=120.0)
+        padded = mixer(a, b, layout.expand_to(curves, FULL), layout=FULL, bpm=120.0)
+        assert rel_error_db(full, native) < (-120 if layout is PER_TRACK else -60), layout.name
+        assert rel_error_db(padded, native) > -20, layout.name  # the plain expansion is a different mix
+    assert FULL.to_full(curves := torch.rand(2, 5, 58, generator=g)) is curves
+
+
 @pytest.mark.parametrize(
     "case, match",
     [

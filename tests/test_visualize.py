@@ -94,3 +94,17 @@ def test_cli_rejects_unreadable_audio(params_file, tmp_path, capsys):
     assert visualize.main([str(path), "-o", str(tmp_path / "plot.png"), "--audio", str(bad)]) == 1
     assert "bad.wav" in capsys.readouterr().err
     assert not (tmp_path / "plot.png").exists()
+
+
+def test_cli_rejects_an_image_type_matplotlib_cannot_write_before_writing(params_file, tmp_path, capsys):
+    path, _ = params_file
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier summary")
+    assert visualize.main([str(path), "-o", str(tmp_path / "plot.xyz"), "--summary", str(summary)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "cannot write .xyz images" in err and "\n" not in err
+    assert summary.read_text() == "earlier summary" and not (tmp_path / "plot.xyz").exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert visualize.main([str(path), "-o", str(blocker / "plot.png")]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
