@@ -9,6 +9,10 @@
 --output receives config.json (the full config as a plain dict, plus this run's flags), metrics.jsonl (one
 JSON line per logged step and per validation), last.pt, best.pt (lowest validation loss of the EMA weights,
 which are what inference loads), the newest --keep checkpoint_{step}.pt, previews/ and wandb/ with --wandb.
+An --output that already holds a run (last.pt, best.pt, checkpoint_*.pt or metrics.jsonl) is refused before any
+work unless --resume continues it or --overwrite replaces it: --overwrite deletes those files of the old run
+(nothing else in the folder) before the new run writes anything, so pruning and a later --resume auto never mix
+two runs. --init starts a new run, so it needs --overwrite there too.
 
 Exact resume: a run stopped after step k and resumed gives the same parameters and losses, bit for bit on
 CPU, as a run that never stopped.
@@ -83,7 +87,7 @@ from model import (
     load_weights,
     save_checkpoint,
 )
-from model.checkpoint import read_checkpoint, rng_state, set_rng_state
+from model.checkpoint import atomic_save, read_checkpoint, rng_state, set_rng_state
 from model.config import PRESETS
 
 log = logging.getLogger("train")
@@ -159,6 +163,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("run")
     g.add_argument("--output", type=Path, default=Path("runs/default"), help="run folder (runs/default)")
     g.add_argument("--resume", metavar="PATH|auto", help="checkpoint to continue; auto = OUTPUT/last.pt if any")
+    g.add_argument("--overwrite", action="store_true",
+                   help="OUTPUT holds a run: delete its checkpoints and metrics.jsonl and start a new one "
+                        "(default: refuse)")
     g.add_argument("--init", type=Path, metavar="PATH",
                    help="fine-tune: start a new run from this checkpoint's EMA weights and config (fresh optimizer)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
@@ -305,16 +312,8 @@ def _item_from_plain(data: dict) -> dict:
             for k, v in data.items()}
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# Cache entries are written like checkpoints (atomically, mode 0644); benchmarks/learn_check.py uses this name too.
+_atomic_torch_save = atomic_save
 
 
 class EpochBatches(Sampler):
@@ -502,12 +501,36 @@ def link_atomic(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def numbered_checkpoints(folder: Path) -> list[Path]:
+    """folder's checkpoint_{step}.pt, oldest step first."""
+    return [p for _, p in sorted((int(p.stem.split("_")[1]), p) for p in folder.glob("checkpoint_*.pt")
+                                 if p.stem.split("_")[1].isdigit())]
+
+
 def prune_checkpoints(folder: Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoint_{step}.pt."""
-    numbered = sorted((int(p.stem.split("_")[1]), p) for p in folder.glob("checkpoint_*.pt")
-                      if p.stem.split("_")[1].isdigit())
-    for _, path in numbered[:max(0, len(numbered) - keep)]:
+    numbered = numbered_checkpoints(folder)
+    for path in numbered[:max(0, len(numbered) - keep)]:
         path.unlink(missing_ok=True)
+
+
+def run_files(folder: Path) -> list[Path]:
+    """The files in folder that make it hold a run (last.pt, best.pt, checkpoint_{step}.pt, metrics.jsonl)."""
+    if not folder.is_dir():
+        return []
+    named = [folder / name for name in ("last.pt", "best.pt")]
+    found = [*named, *numbered_checkpoints(folder), folder / "metrics.jsonl"]
+    return [p for p in found if p.exists() or p.is_symlink()]
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """Refuse (UsageError) a new run into a folder that holds one, unless --overwrite; --resume continues it."""
+    if args.overwrite and args.resume:
+        raise UsageError("--overwrite starts a new run, --resume continues one: give one of them")
+    found = run_files(args.output)
+    if found and not args.resume and not args.overwrite:
+        raise UsageError(f"{args.output} already holds a run ({', '.join(p.name for p in found)}); continue it "
+                         "with --resume auto, replace it with --overwrite, or choose another --output")
 
 
 class MetricsLog:
@@ -521,6 +544,7 @@ class MetricsLog:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             with os.fdopen(fd, "w") as f:
                 f.write("".join(line + "\n" for line in lines))
+            os.chmod(tmp, 0o644)  # mkstemp makes files 0600; keep metrics.jsonl as readable as the other outputs
             os.replace(tmp, path)
         elif resume_step is None:
             path.unlink(missing_ok=True)
@@ -633,6 +657,7 @@ def preview(ema_net: TransitionDiffusion, item: dict, cfg: Config, steps: int, s
 
 # -- the run -----------------------------------------------------------------------------------------------------
 def train(args: argparse.Namespace) -> int:
+    check_output(args)  # before any work: a refused run leaves the folder exactly as it was
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(args.device, local_rank)
@@ -752,6 +777,12 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     metrics = None
     if master:
         out.mkdir(parents=True, exist_ok=True)
+        if args.overwrite:  # only now, once the new run has checked its inputs: a failed start keeps the old run
+            old = run_files(out)
+            for path in old:
+                path.unlink()
+            if old:
+                log.info("--overwrite: deleted %s of the previous run in %s", ", ".join(p.name for p in old), out)
         config_json = {**config_to_dict(cfg), "run": {**run_flags(args), "world_size": world,
                                                       "device": str(device)}}
         fd, tmp = tempfile.mkstemp(dir=out, prefix=".config.json.", suffix=".tmp")

@@ -7,7 +7,8 @@ Steps:
 1. pairs: train.py's own synthetic training set (--synthetic --synthetic-fixed --synthetic-cache), made once
    in a process pool before training so training reads cached items; held-out pairs from another seed, made
    here with their TransitionContext (needed by the rule measures) and cached under --cache too.
-2. training: train.py main(argv), nothing else (the EMA weights of OUTPUT/last.pt are what is measured).
+2. training: train.py main(argv), nothing else (the EMA weights of OUTPUT/last.pt are what is measured); a new
+   run each time, --overwrite replacing the previous check's run in OUTPUT (--skip-train measures it instead).
 3. measures on the held-out pairs (model space [0, 1], MSE over valid frames and all parameters):
    - mean curve: the per-frame, per-parameter mean of the TRAIN curves, the best input-independent
      prediction under MSE. Its error is the baseline of every ratio. The mean curve of the pair's
@@ -123,7 +124,8 @@ def train_argv(args: argparse.Namespace) -> list[str]:
             "--seed", str(args.seed), "--output", str(args.output), "--num-workers", str(args.num_workers),
             "--device", "cpu", "--keep", "0", "--log-every", str(max(1, args.steps // 20)),
             "--save-every", str(args.steps), "--val-every", str(args.steps), "--teacher", args.teacher,
-            "--style-share", str(args.style_share)]
+            "--style-share", str(args.style_share),
+            "--overwrite"]  # re-runnable: each check trains a new run into the same --output
     if args.init is not None:
         argv += ["--init", str(args.init)]
     for flag in ("batch_size", "lr", "warmup_steps", "ema_decay"):

@@ -117,6 +117,51 @@ def test_resume_auto_without_a_checkpoint_starts_fresh(tmp_path, cache):
     assert [r["step"] for r in records(out)] == [1, 2]
 
 
+OLD_RUN = ("best.pt", "checkpoint_18000.pt", "checkpoint_20000.pt", "last.pt", "metrics.jsonl")
+
+
+def old_run(folder: Path) -> dict[str, bytes]:
+    """A folder holding another run's files (any content: a refused or overwriting run never reads them)."""
+    folder.mkdir()
+    for name in (*OLD_RUN, "notes.txt"):
+        (folder / name).write_bytes(f"old {name}".encode())
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_new_run_into_a_run_folder_is_refused_and_changes_nothing(tmp_path, cache, capsys):
+    out = tmp_path / "run"
+    before = old_run(out)
+    for extra in ((), ("--init", str(tmp_path / "model.pt")), ("--overwrite", "--resume", "auto")):
+        rc = train.main(tiny_args(out, cache, "--steps", "2", *extra))
+        err = capsys.readouterr().err.strip()
+        assert rc != 0 and len(err.splitlines()) == 1, err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no file added, removed or changed
+    assert err.endswith("--overwrite starts a new run, --resume continues one: give one of them")
+    rc = train.main(tiny_args(out, cache, "--steps", "2"))
+    assert f"error: {out} already holds a run (last.pt, best.pt, checkpoint_18000.pt, checkpoint_20000.pt, " \
+           "metrics.jsonl); continue it with --resume auto, replace it with --overwrite, or choose another --output" \
+           in capsys.readouterr().err
+
+
+def test_overwrite_replaces_the_old_run(tmp_path, cache):
+    """Its checkpoints and metrics go first (user files stay), so pruning and --resume auto see the new run only."""
+    out = tmp_path / "run"
+    old_run(out)
+    assert train.main(tiny_args(out, cache, "--steps", "2", "--keep", "2", "--overwrite")) == 0
+    assert sorted(p.name for p in out.glob("checkpoint_*.pt")) == ["checkpoint_2.pt"]
+    assert load(out / "last.pt")["step"] == 2 and load(out / "best.pt")["step"] == 2
+    assert [r["step"] for r in records(out)] == [1, 2]
+    assert (out / "notes.txt").read_bytes() == b"old notes.txt"
+
+
+def test_resume_auto_continues_a_run_folder(tmp_path, cache):
+    out = tmp_path / "run"
+    assert train.main(tiny_args(out, cache, "--steps", "3", "--stop-after", "2", "--val-every", "100")) == 0
+    assert train.main(tiny_args(out, cache, "--steps", "3", "--resume", "auto", "--val-every", "100")) == 0
+    assert load(out / "last.pt")["step"] == 3
+    assert [r["step"] for r in records(out)] == [1, 2, 3]
+
+
 def test_init_fine_tunes_an_exported_model(resumed_runs, cache, tmp_path, capsys):
     """--init: a new run (steps from 1, fresh optimizer) whose weights start at the export's (fp16) EMA weights."""
     from model import export_weights
