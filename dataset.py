@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Collection
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +27,7 @@ from data.analysis import SECTION_LABELS
 from data.audio import write_json_atomic  # noqa: F401 (re-exported: pipeline.py)
 from data.transitions import RECIPES
 from effects.params import FULL, SAMPLE_RATE, STEMS, get_layout
+from model.checkpoint import atomic_save
 from model.conditioning import N_KEYS, TrackFeatures
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,8 @@ class TransitionDataset(Dataset):
     Features are computed once per pair and cached next to it (`features_F{n}_M{mels}.pt`).
     `augment`: window jitter (crop up to `jitter` of the clip at either end, features and curves
     alike) and per-track gain (+-3 dB on the mels and energy). `with_audio`: True for every pair's stems
-    and target audio (the audio loss), or the pair kinds that get them, e.g. ("real",).
+    and target audio (the audio loss), or the pair kinds that get them, e.g. ("real",). The target is
+    transition.flac divided by analysis.json's `target_gain` (1 when absent), the level the mixer rendered.
     """
 
     def __init__(
@@ -218,11 +219,8 @@ class TransitionDataset(Dataset):
             return TrackFeatures(**data["a"]), TrackFeatures(**data["b"])
         feats = [build_track_features(_read_stems(folder / f"track_{t}_stems"), meta["tracks"][t], self.n_frames,
                                       self.n_mels) for t in ("a", "b")]
-        try:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".features.", suffix=".tmp")
-            os.close(fd)
-            torch.save({t: vars(f) for t, f in zip(("a", "b"), feats)}, tmp)
-            os.replace(tmp, cache)
+        try:  # atomically and mode 0644, like a checkpoint
+            atomic_save({t: vars(f) for t, f in zip(("a", "b"), feats)}, cache)
         except OSError as error:  # a read-only dataset still works, just without the cache
             log.debug("feature cache not written for %s: %s", folder, error)
         return feats[0], feats[1]
@@ -237,7 +235,7 @@ class TransitionDataset(Dataset):
         if params_path.is_file():
             full = torch.from_numpy(np.load(params_path)).float()
             stored = get_layout(meta.get("layout", "full"))
-            curves = stored.expand_to(full, FULL) if stored is not self.layout else full
+            curves = stored.to_full(full) if stored is not self.layout else full
             if self.layout is not FULL and stored is not self.layout:
                 curves = torch.stack([curves[:, FULL.index(n)] for n in self.layout.names], dim=1)
             curves = _resample_frames(curves, self.n_frames)
@@ -255,7 +253,9 @@ class TransitionDataset(Dataset):
             item["stems_b"] = _read_stems(folder / "track_b_stems")
             from data.audio import load_audio
 
-            item["target"] = load_audio(folder / "transition.flac", allow_silence=True)
+            # A target above full scale is stored scaled by target_gain (pipeline.write_pair); older folders lack it.
+            gain = float(meta.get("target_gain", 1.0))
+            item["target"] = load_audio(folder / "transition.flac", allow_silence=True) / gain
         if self.augment:
             item = augment_item(item, self.rng, self.jitter)
         return item

@@ -50,6 +50,7 @@ log = logging.getLogger("pipeline")
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".m4a"}
 SPLITS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+TARGET_PEAK = 0.99  # a target mix above full scale is stored scaled to this peak (24-bit FLAC clips at 1.0)
 
 
 @dataclass
@@ -239,15 +240,24 @@ def write_manifest(out: Path, pairs: list[dict], kind: str, n_frames: int | None
 
 
 def write_pair(folder: Path, pair) -> None:
-    """Write a pair folder atomically: everything goes to a temporary sibling that is renamed at the end."""
+    """Write a pair folder atomically: everything goes to a temporary sibling that is renamed at the end.
+
+    A target mix (transition.flac) that peaks above full scale would clip in 24-bit FLAC: it is written
+    multiplied by target_gain = TARGET_PEAK / peak, which analysis.json records and dataset.py divides out.
+    """
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    meta = pair.meta
     try:
         save_stems(tmp / "track_a_stems", pair.stems_a, SAMPLE_RATE)
         save_stems(tmp / "track_b_stems", pair.stems_b, SAMPLE_RATE)
         if pair.transition is not None:
-            save_audio(tmp / "transition.flac", pair.transition, SAMPLE_RATE)
+            target, peak = pair.transition, float(pair.transition.abs().max())
+            if peak > 1.0:  # a mixer render (or a float mix) can exceed 1; the audio-loss target must not clip
+                gain = TARGET_PEAK / peak
+                target, meta = target * gain, {**meta, "target_gain": gain}
+            save_audio(tmp / "transition.flac", target, SAMPLE_RATE)
         np.save(tmp / "params.npy", pair.curves.astype(np.float32))
-        write_json_atomic(tmp / "analysis.json", pair.meta)
+        write_json_atomic(tmp / "analysis.json", meta)
         os.chmod(tmp, 0o755)
         if folder.exists():  # a half-written leftover from an older version: replace it
             shutil.rmtree(folder)

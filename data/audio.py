@@ -193,6 +193,7 @@ def save_audio(
     os.close(fd)
     try:
         sf.write(tmp_name, data.T, int(sample_rate), subtype=subtype, format=fmt)
+        os.chmod(tmp_name, 0o644)  # mkstemp makes files 0600; an audio file is an ordinary readable file
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):

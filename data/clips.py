@@ -146,6 +146,7 @@ def stretch(
             fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
             with os.fdopen(fd, "wb") as handle:
                 torch.save(out, handle)
+            os.chmod(tmp, 0o644)  # mkstemp makes files 0600; a shared cache must be readable by others
             os.replace(tmp, path)
             tmp = None
         except OSError as exc:

@@ -826,6 +826,7 @@ def _write_cache(path: Path, stems: torch.Tensor) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             torch.save(stems.detach().to("cpu", torch.float32).contiguous(), handle)
+        os.chmod(tmp, 0o644)  # mkstemp makes files 0600; a shared cache must be readable by others
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:  # read-only or full disk: the stems are still returned

@@ -1,5 +1,6 @@
 """data/audio.py: round trips, channel handling, resampling, and one clear error per bad input."""
 
+import os
 import struct
 
 import numpy as np
@@ -154,6 +155,14 @@ def test_failed_write_keeps_old_file(tmp_path, rng, monkeypatch):
         save_audio(path, _stereo(rng), SR)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.wav"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+@pytest.mark.parametrize("ext", ["wav", "flac"])
+def test_saved_audio_is_readable_by_all(tmp_path, rng, ext):
+    """The temporary file comes from mkstemp (mode 0600); the written file is 0644 like every other output."""
+    path = save_audio(tmp_path / f"x.{ext}", _stereo(rng).clamp(-0.99, 0.99), SR)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_level_helpers():

@@ -72,6 +72,44 @@ def test_build_pair_with_a_deciding_teacher():
     assert np.array_equal(pairs[0].curves, pairs[1].curves)  # the music decides, not the rng
 
 
+def test_a_target_above_full_scale_is_stored_scaled_and_read_back_at_the_mixers_level(tmp_path, caplog):
+    """transition.flac is 24-bit: a render peaking above 1 is written times target_gain (analysis.json) and the
+    dataset divides it out, so the audio-loss target is the mixer's render, not a clipped copy of it."""
+    from data.pairs import Pair
+    from effects.mixer import DifferentiableDJMixer
+
+    a, b = _track(11, 124.0, 9), _track(12, 126.5, 9)
+    pair = build_pair(a, b, np.random.default_rng(0), n_frames=16, bars=4, recipe="bass_swap", render=False,
+                      plan=select_cues(a.analysis, b.analysis, bars=4))
+    curves = pair.curves.copy()
+    curves[:, FULL.index("master_gain")] = 1.0  # the master at +6 dB: the stems stay in range, the mix does not
+    with torch.no_grad():
+        render = DifferentiableDJMixer()(pair.stems_a[None], pair.stems_b[None], torch.from_numpy(curves)[None],
+                                         bpm=pair.meta["bpm"])[0]
+    peak = float(render.abs().max())
+    assert peak > 1.05 and max(float(pair.stems_a.abs().max()), float(pair.stems_b.abs().max())) < 1.0
+    loud = Pair(pair.stems_a, pair.stems_b, curves, render, pair.recipe, pair.meta)
+    quiet = Pair(pair.stems_a, pair.stems_b, pair.curves, render * (0.5 / peak), pair.recipe, pair.meta)
+    with caplog.at_level("WARNING"):
+        pipeline.write_pair(tmp_path / "loud", loud)
+        pipeline.write_pair(tmp_path / "quiet", quiet)
+    assert "will clip" not in caplog.text
+    meta = json.loads((tmp_path / "loud" / "analysis.json").read_text())
+    assert meta["target_gain"] == pytest.approx(pipeline.TARGET_PEAK / peak)
+    assert "target_gain" not in json.loads((tmp_path / "quiet" / "analysis.json").read_text())  # layout as before
+    assert "target_gain" not in pair.meta  # the caller's meta is not changed
+    stored, _ = sf.read(tmp_path / "loud" / "transition.flac", always_2d=True)
+    assert np.abs(stored).max() <= 1.0
+
+    pipeline.write_manifest(tmp_path, [{"id": name, "path": name, "split": "train", "kind": "synthetic"}
+                                       for name in ("loud", "quiet")], "synthetic", 16)
+    ds = TransitionDataset(tmp_path, "train", n_frames=16, n_mels=32, with_audio=True)
+    for item, expected in zip((ds[0], ds[1]), (render, quiet.transition)):
+        assert item["target"].shape == expected.shape
+        # 24-bit quantisation (2^-23 of full scale, over the gain) is the only difference
+        assert float((item["target"] - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+
+
 def test_pick_pairs_respects_tempo_and_uses_each_track_once():
     tracks = {t.id: t.analysis for t in (_track(1, 124, 0, duration=30), _track(2, 125, 7, duration=30),
                                          _track(3, 90, 0, "hiphop", duration=30))}
