@@ -846,15 +846,25 @@ def save_stems(
 ) -> Path:
     """Write `[4, 2, N]` stems as `folder/{drums,bass,vocals,other}.{fmt}` (each atomically).
 
-    FLAC is 24-bit (clips above full scale, logged); `fmt="wav"` writes 32-bit float, bit-exact.
+    FLAC is 24-bit and would clip above full scale, so stems that peak above it are written as 32-bit float WAV
+    instead (bit-exact; separated stems of a loud master can exceed the mix's own peak), and a stem file of the
+    other format left in the folder is removed (load_stems would read it first). `fmt="wav"` always writes float.
     """
     if stems.ndim != 3 or stems.shape[:2] != (len(STEMS), 2):
         raise ValueError(f"stems must be [4, 2, N], got shape {tuple(stems.shape)}")
     if fmt not in STEM_FORMATS:
         raise ValueError(f"stem format must be one of {STEM_FORMATS}, got {fmt!r}")
     folder = Path(folder)
+    values = torch.as_tensor(stems)
+    peak = float(values.abs().max()) if values.numel() else 0.0
+    if fmt == "flac" and peak > 1.0:
+        logger.info("%s: stems peak at %.3f, above full scale: written as float WAV, not 24-bit FLAC", folder, peak)
+        fmt = "wav"
     for stem, audio in zip(STEMS, stems):
         save_audio(folder / f"{stem}.{fmt}", audio, sample_rate)
+        for other in STEM_FORMATS:
+            if other != fmt:
+                (folder / f"{stem}.{other}").unlink(missing_ok=True)
     return folder
 
 

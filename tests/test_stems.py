@@ -383,6 +383,18 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(S.load_stems(tmp_path / "flac"), stems, atol=1e-6, rtol=0)
 
 
+def test_stems_above_full_scale_are_kept_bit_exact(tmp_path):
+    """24-bit FLAC would clip a stem that peaks above full scale: such stems go to float WAV, and a FLAC stem left
+    from an earlier write is removed so that load_stems does not read it first."""
+    stems = 0.4 * torch.randn(4, 2, SR // 4, generator=torch.Generator().manual_seed(6))
+    S.save_stems(tmp_path, stems.clamp(-0.9, 0.9), SR)
+    loud = stems.clone()
+    loud[0, 0, 100] = 1.3
+    S.save_stems(tmp_path, loud, SR)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{s}.wav" for s in STEMS)
+    torch.testing.assert_close(S.load_stems(tmp_path), loud, atol=0, rtol=0)
+
+
 def test_load_stems_errors_name_folder_and_file(tmp_path):
     stems = torch.zeros(4, 2, 1000)
     S.save_stems(tmp_path, stems, SR, fmt="wav")
