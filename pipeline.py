@@ -389,7 +389,16 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and not Path(value).is_dir():
             print(f"error: {flag} {value}: not a folder", file=sys.stderr)
             return 2
-    return run(args)
+    try:
+        Path(args.output).mkdir(parents=True, exist_ok=True)  # before any work: an unusable --output fails now
+    except OSError as error:
+        print(f"error: --output {args.output}: cannot create the folder ({error.strerror or error})", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except OSError as error:  # writing pairs (disk full, permissions): one line; finished pairs stay in place
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -527,6 +527,11 @@ def check_output(args: argparse.Namespace) -> None:
     """Refuse (UsageError) a new run into a folder that holds one, unless --overwrite; --resume continues it."""
     if args.overwrite and args.resume:
         raise UsageError("--overwrite starts a new run, --resume continues one: give one of them")
+    existing = args.output
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--output {args.output}: cannot be a run folder ({existing} is a file)")
     found = run_files(args.output)
     if found and not args.resume and not args.overwrite:
         raise UsageError(f"{args.output} already holds a run ({', '.join(p.name for p in found)}); continue it "
@@ -924,6 +929,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, CheckpointError) as exc:
         print(f"train.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk or lost permissions mid-run: one line (last.pt stays the last good one)
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -171,6 +171,10 @@ def test_manifest_paths_may_not_escape(tmp_path):
 def test_missing_tracks_folder_is_a_clear_error(tmp_path, capsys):
     assert pipeline.main(["--tracks", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     assert "not a folder" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("in the way")
+    assert pipeline.main(["--synthetic", "2", "--output", str(tmp_path / "a_file" / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --output") and "cannot create the folder" in err and "\n" not in err
 
 
 def test_synthetic_crates_stay_in_style_ranges():

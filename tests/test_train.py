@@ -299,6 +299,10 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, cache, capsys):
         err = capsys.readouterr().err.strip()
         assert rc != 0 and len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+    (tmp_path / "a_file").write_text("in the way")
+    assert train.main(["--synthetic", "--output", str(tmp_path / "a_file" / "run"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a_file is a file" in err, err
 
 
 @pytest.mark.slow
