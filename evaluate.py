@@ -616,22 +616,19 @@ def render_parts(mixer: DifferentiableDJMixer, stems_a: torch.Tensor, stems_b: t
     a, b = stems_a.to(device)[None], stems_b.to(device)[None]
     zeros = torch.zeros_like(a)
     c = torch.as_tensor(curves, dtype=torch.float32).to(device)[None]
+
+    def deck(track: str, stems: torch.Tensor) -> torch.Tensor:  # one deck at a time: the silent one costs no FFT
+        ins = (stems, zeros) if track == "a" else (zeros, stems)
+        return mixer(*ins, c, layout=FULL, bpm=bpm)[0].cpu()
+
     with torch.no_grad():
-        both = mixer(torch.cat([a, zeros]), torch.cat([zeros, b]), c.expand(2, -1, -1), layout=FULL, bpm=bpm)
-        parts = {"a": both[0].cpu(), "b": both[1].cpu()}
+        parts = {"a": deck("a", a), "b": deck("b", b)}
         parts["out"] = parts["a"] + parts["b"]
-        voc = []
         for name, stems, wanted in (("a", a, vocals[0]), ("b", b, vocals[1])):
             if wanted:
                 only = torch.zeros_like(stems)
                 only[:, _VOCALS] = stems[:, _VOCALS]
-                voc.append((name, only))
-        if voc:
-            ins_a = torch.cat([only if name == "a" else zeros for name, only in voc])
-            ins_b = torch.cat([only if name == "b" else zeros for name, only in voc])
-            rendered = mixer(ins_a, ins_b, c.expand(len(voc), -1, -1), layout=FULL, bpm=bpm)
-            for (name, _), audio in zip(voc, rendered):
-                parts[f"vocal_{name}"] = audio.cpu()
+                parts[f"vocal_{name}"] = deck(name, only)
     return parts
 
 

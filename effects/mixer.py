@@ -461,10 +461,14 @@ class _Block:
         return torch.matmul(plan.interp[self.lo:self.hi, self.m0:self.m1].T, masks[..., self.lo:self.hi, :])
 
     def channels(self, analysis: tuple[_Frames, _Frames], mask: torch.Tensor, out: torch.Tensor,
-                 keep: list | None = None) -> torch.Tensor:
+                 keep: list | None = None, silent: tuple[int, ...] = ()) -> torch.Tensor:
         """chan[b, c, m, t] = sum_s mask_ts X_ts (real views, all operands contiguous in the bins). The stem
-        spectra X_t [B, 4, 2, t, K] (complex) are appended to keep when given (for backward)."""
+        spectra X_t [B, 4, 2, t, K] (complex) are appended to keep when given (for backward). Tracks in
+        `silent` (all-zero stems in every item) get zero channels without an FFT."""
         for t, frames in enumerate(analysis):
+            if t in silent:
+                out[..., t, :].zero_()
+                continue
             spec = torch.fft.rfft(frames(self.m0, self.m1))  # (rfft(out=...) would copy)
             if keep is not None:
                 keep.append(spec)
@@ -528,6 +532,9 @@ class _MixCore(torch.autograd.Function):
         window = plan.window.view(overlap, hop)
         analysis = _Frames(stems_a, plan.window, hop), _Frames(stems_b, plan.window, hop)
         keep = any(ctx.needs_input_grad)
+        # A deck that is silent throughout (one track's contribution rendered alone, as evaluate.py does) costs
+        # no FFTs; only without a gradient, where backward's saved spectra need not exist.
+        silent = () if keep else tuple(t for t, x in enumerate((stems_a, stems_b)) if not bool(x.any()))
         # Kept for backward: the stem spectra per block and track, and the channels (block-major: each block
         # is contiguous).
         specs = [] if keep else None
@@ -540,7 +547,7 @@ class _MixCore(torch.autograd.Function):
             m0, m1, t = blk.m0, blk.m1, blk.t
             shape = (b, 2, t, 2, 2 * k)
             out = store[b * 2 * m0 * 4 * k:][:b * 2 * t * 4 * k].view(shape) if keep else masks.new_empty(shape)
-            chan = blk.channels(analysis, blk.masks(masks, plan), out, specs)
+            chan = blk.channels(analysis, blk.masks(masks, plan), out, specs, silent)
             buses = torch.bmm(blk.mix[..., :n_bus].transpose(1, 2), chan.flatten(0, 2))  # [B 2 t, n_bus, 2K]
             buses[:, 1:] *= plan.lowcut
             buses = torch.view_as_complex(buses.view(b, 2, t, n_bus, k, 2))

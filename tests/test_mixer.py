@@ -362,6 +362,20 @@ def test_layout_by_names_and_missing_parameters_sit_at_neutral(mixer):
     assert rel_error_db(y, a.sum(1) - a[:, 1]) < -80
 
 
+def test_a_silent_deck_is_skipped_without_changing_the_mix(mixer):
+    """Without a gradient a deck whose stems are all zero costs no FFTs (evaluate.py renders each track's
+    contribution alone); the result is the full computation's, which runs when a gradient is needed."""
+    a, zeros = noise_stems(1.0, 14), torch.zeros(1, 4, 2, SR)
+    curves = torch.rand(1, 12, 58, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fast_a, fast_b = mixer(a, zeros, curves, bpm=120.0), mixer(zeros, a, curves, bpm=120.0)
+    full_a = mixer(a, zeros, curves.clone().requires_grad_(), bpm=120.0).detach()
+    full_b = mixer(zeros, a, curves.clone().requires_grad_(), bpm=120.0).detach()
+    torch.testing.assert_close(fast_a, full_a, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fast_b, full_b, atol=1e-6, rtol=0)
+    assert float(fast_a.abs().max()) > 0.01 and float(fast_b.abs().max()) > 0.01
+
+
 def test_to_full_keeps_the_routing_of_the_published_subsets(mixer):
     """A per_track or global model's curves carried into the full layout render the same mix: no crossfader means
     both tracks at unity (expand_to alone leaves the crossfader at centre, -3 dB each), a master-fed reverb takes
