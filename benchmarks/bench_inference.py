@@ -17,6 +17,7 @@ params), then the time to write the files. Figures depend on the machine and its
 
     python benchmarks/bench_inference.py                     # ~3-6 min on 2 CPU cores (cold dominates)
     python benchmarks/bench_inference.py --model rules --threads 2
+    python benchmarks/bench_inference.py --candidates 4      # + the scoring of 4 candidates (--candidates)
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def run(label: str, tracks, separator, plan, cache: Path, out: Path, args) -> di
     start = time.perf_counter()
     result = I.generate_transition(
         tracks[0], tracks[1], model=plan, separator=separator, bars=args.bars, context=args.context,
-        steps=args.steps, guidance_scale=2.0, seed=0, device="cpu", cache_dir=cache)
+        steps=args.steps, guidance_scale=2.0, seed=0, device="cpu", cache_dir=cache, candidates=args.candidates)
     total = time.perf_counter() - start
     write = time.perf_counter()
     result.save(out / f"{label}.wav", plot_path=out / f"{label}.png" if args.visualize else None,
@@ -92,6 +93,8 @@ def main() -> int:
     parser.add_argument("--model", default="small", choices=["small", "base", "rules"],
                         help="random model of this size, or the rule planner (default small)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument("--candidates", type=int, default=1,
+                        help="K transitions, the best by the composite (adds the scoring stage; default 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--visualize", action="store_true", help="also time the plot and summary")
     args = parser.parse_args()
@@ -121,7 +124,8 @@ def main() -> int:
     stages = [k for k in results["cold"] if k not in ("total", "audio_s", "separated_s")]
     print(f"\ninference.py end to end: two {args.seconds:.0f} s tracks, {args.bars}-bar blend, "
           f"{args.context:g} s context, planner {args.model}"
-          f"{'' if args.model == 'rules' else f' (random init, {args.steps} DDIM steps, guidance 2)'}, "
+          f"{'' if args.model == 'rules' else f' (random init, {args.steps} DDIM steps, guidance 2)'}"
+          f"{f', {args.candidates} candidates' if args.candidates > 1 else ''}, "
           f"CPU, {torch.get_num_threads()} torch threads")
     print(f"{'stage':<12}{'cold (s)':>10}{'warm (s)':>10}")
     for stage in stages + ["total"]:
