@@ -1005,11 +1005,13 @@ def paired_tests(rows: list[dict], methods: Sequence[str], method: str) -> dict[
     HEAD_TO_HEAD metrics and the composite."""
     by_pair = _by_pair(rows)
     compared = [m for m in methods if m != "teacher"]
+    keys = (*HEAD_TO_HEAD, "composite")
+    common = {k: common_pairs(by_pair, compared, k) for k in keys}
     out: dict[str, dict[str, float]] = {}
     for base in (b for b in BASELINES if b in methods):
         out[base] = {}
-        for k in (*HEAD_TO_HEAD, "composite"):
-            pairs = [p for p in common_pairs(by_pair, compared, k) if method in by_pair[p] and base in by_pair[p]]
+        for k in keys:
+            pairs = [p for p in common[k] if method in by_pair[p] and base in by_pair[p]]
             out[base][k] = paired_p_value([by_pair[p][method][k] - by_pair[p][base][k] for p in pairs])
     return out
 

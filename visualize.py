@@ -255,9 +255,10 @@ def _check_image_path(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        plotting = bool(args.output or not args.summary)
-        if plotting:
-            _check_image_path(Path(args.output) if args.output else Path(args.params).with_suffix(".png"))
+        output = None
+        if args.output or not args.summary:
+            output = Path(args.output) if args.output else Path(args.params).with_suffix(".png")
+            _check_image_path(output)
         doc = read_params(args.params)
         audio, rate = None, None
         if args.audio:
@@ -275,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(summary_markdown(doc))
             os.replace(tmp, summary)
             written.append(summary)
-        if plotting:
-            output = Path(args.output) if args.output else Path(args.params).with_suffix(".png")
+        if output is not None:
             tmp = output.with_name(f".{output.stem}.tmp{output.suffix}")
             try:
                 plot_params(doc, tmp, audio=audio, sample_rate=rate, timeline=args.timeline)

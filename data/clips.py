@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import torch
 from data.analysis import TrackAnalysis
 from data.cues import CuePlan, KickLock, beatmatch, kick_lock_search
 from data.pairs import clip_analysis, window
-from data.stems import Separator, default_cache_dir, separate_windows
+from data.stems import Separator, default_cache_dir, separate_windows, write_cache
 from data.transitions import TransitionContext, context_from_analyses
 from effects.params import SAMPLE_RATE, STEMS
 
@@ -140,20 +139,7 @@ def stretch(
                        high_quality=high_quality)
     out = torch.as_tensor(np.asarray(out), dtype=torch.float32).contiguous()
     if path is not None:
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(out, handle)
-            os.chmod(tmp, 0o644)  # mkstemp makes files 0600; a shared cache must be readable by others
-            os.replace(tmp, path)
-            tmp = None
-        except OSError as exc:
-            logger.warning("could not write stretch cache %s: %s", path, exc)
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.remove(tmp)
+        write_cache(path, out, "stretch")
     return out.to(audio.device)
 
 

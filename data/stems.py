@@ -758,7 +758,7 @@ def separate_windows(
                          separator.name)
             stems = separator.separate(chunk, sample_rate, offset=start)
             if path is not None:
-                _write_cache(path, stems)
+                write_cache(path, stems)
         else:
             logger.debug("%s: stems %.2f-%.2f s from cache %s", label, start / sample_rate, end / sample_rate, path)
         separated.append(stems.to(audio.device))
@@ -818,19 +818,20 @@ def _read_cache(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
     return stems
 
 
-def _write_cache(path: Path, stems: torch.Tensor) -> None:
-    """torch.save to a temp file in the same folder, then os.replace (atomic); failures only warn."""
+def write_cache(path: Path, audio: torch.Tensor, what: str = "stem") -> None:
+    """A float32 CPU copy of `audio` torch.saved to a temp file in the same folder, then os.replace (atomic, mode
+    0644); failures only warn ("could not write {what} cache"): the caller still has its result."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
-            torch.save(stems.detach().to("cpu", torch.float32).contiguous(), handle)
+            torch.save(audio.detach().to("cpu", torch.float32).contiguous(), handle)
         os.chmod(tmp, 0o644)  # mkstemp makes files 0600; a shared cache must be readable by others
         os.replace(tmp, path)
         tmp = None
-    except OSError as exc:  # read-only or full disk: the stems are still returned
-        logger.warning("could not write stem cache %s: %s", path, exc)
+    except OSError as exc:  # read-only or full disk
+        logger.warning("could not write %s cache %s: %s", what, path, exc)
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
