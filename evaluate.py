@@ -1,7 +1,7 @@
 """evaluate.py: objective transition metrics, and the baselines side by side on held-out pairs.
 
     python evaluate.py --data processed --split test --model runs/small/best.pt --out eval/
-    python evaluate.py --data processed --split test --model model.pt --candidates 4 --limit 20
+    python evaluate.py --data processed --split test --model model.pt --candidates 1 --limit 20   # one sample
     python evaluate.py --pool eval_a/results.csv eval_b/results.csv --out eval_pooled   # several sets as one
 
 Every method draws curves [F, 58] (the full layout) on the same clip geometry; the mixer renders them
@@ -9,7 +9,8 @@ and each track's contribution alone (the mixer is linear in the audio, so A's co
 mixer(stems_a, 0, curves)); the metrics compare the rendered blend with its sources. Methods: a hard cut
 on the downbeat nearest the blend middle, a linear and an equal-power crossfade across the blend, the
 rule planner's bass-swap handover (data/transitions.RECIPES["bass_swap"]), the model (one sample) and,
-with --candidates K, the best of K samples by the composite score; the pair's teacher curves are shown
+with --candidates K > 1 (default 4, as inference.py), the best of K samples by the composite score (what
+inference.py outputs); the pair's teacher curves are shown
 as a reference row. Writes results.md, results.csv (per pair per method) and metrics.png to --out and
 prints the markdown. Every metric and its formula is documented in the README ("Evaluation").
 
@@ -1183,7 +1184,9 @@ def evaluate(args: argparse.Namespace) -> str:
             model = load_model(args.model, device)
         except CheckpointError as error:  # torch's unpickling errors run over several lines: keep the first
             raise EvalError(str(error).strip().splitlines()[0]) from None
-    k = args.candidates
+    from inference import DEFAULT_CANDIDATES
+
+    k = args.candidates or DEFAULT_CANDIDATES
     methods = list(BASELINES)
     if model is not None:
         methods += ["model"] + (["model_best"] if k > 1 else [])
@@ -1279,7 +1282,8 @@ def pool(args: argparse.Namespace) -> str:
     rows = read_results(args.pool)
     present = {r["method"] for r in rows}
     methods = [m for m in (*BASELINES, "model", "model_best", "teacher") if m in present]
-    labels = {**LABELS, "model_best": LABELS["model_best"].format(k=args.candidates if args.candidates > 1 else "K")}
+    k = args.candidates if args.candidates and args.candidates > 1 else "K"  # results.csv does not record K
+    labels = {**LABELS, "model_best": LABELS["model_best"].format(k=k)}
     n_pairs = len({r["pair"] for r in rows})
     header = f"Pooled evaluation: {n_pairs} pair(s) from {len(args.pool)} results file(s)."
     summary = summarise(rows, methods)
@@ -1297,8 +1301,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="re-summarise earlier runs' results.csv files over all their pairs (no rendering)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--model", default=None, help="checkpoint or exported weights; omitted: baselines only")
-    parser.add_argument("--candidates", type=int, default=1,
-                        help="K model samples per pair; with K > 1 the best by composite is reported too")
+    from inference import DEFAULT_CANDIDATES  # evaluate what inference.py does by default
+
+    parser.add_argument("--candidates", type=int, default=None,
+                        help=f"K model samples per pair: the first is reported as the model, and with K > 1 the best "
+                             f"by composite too (default {DEFAULT_CANDIDATES}, inference.py's default); with --pool, "
+                             f"the K of the pooled runs, for the label")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N pairs")
     parser.add_argument("--out", default="eval", help="folder for results.md, results.csv, metrics.png")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's config)")

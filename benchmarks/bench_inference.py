@@ -17,7 +17,7 @@ params), then the time to write the files. Figures depend on the machine and its
 
     python benchmarks/bench_inference.py                     # ~3-6 min on 2 CPU cores (cold dominates)
     python benchmarks/bench_inference.py --model rules --threads 2
-    python benchmarks/bench_inference.py --candidates 4      # + the scoring of 4 candidates (--candidates)
+    python benchmarks/bench_inference.py --candidates 1      # one sample, no scoring stage
 """
 
 from __future__ import annotations
@@ -93,8 +93,9 @@ def main() -> int:
     parser.add_argument("--model", default="small", choices=["small", "base", "rules"],
                         help="random model of this size, or the rule planner (default small)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    parser.add_argument("--candidates", type=int, default=1,
-                        help="K transitions, the best by the composite (adds the scoring stage; default 1)")
+    parser.add_argument("--candidates", type=int, default=I.DEFAULT_CANDIDATES,
+                        help=f"K transitions, the best by the composite (the scoring stage; default "
+                             f"{I.DEFAULT_CANDIDATES}, inference.py's; 1: no scoring)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--visualize", action="store_true", help="also time the plot and summary")
     args = parser.parse_args()

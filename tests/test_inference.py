@@ -48,8 +48,9 @@ def work(tmp_path_factory):
 
 
 def run_api(work, **options):
+    """One transition through the library call; one candidate (the planner's own first draw) unless asked."""
     kwargs = dict(model="rules", stems_a=work.a.stems, stems_b=work.b.stems, bars=8, context=6.0,
-                  cache_dir=work.cache, device="cpu")
+                  cache_dir=work.cache, device="cpu", candidates=1)
     kwargs.update(options)
     return I.generate_transition(work.a.mix, work.b.mix, **kwargs)
 
@@ -267,6 +268,15 @@ def test_full_mix_holds_all_of_a_then_the_rest_of_b(work):
     assert tail.abs().max() > 0.05  # B plays to its end
 
 
+def test_rule_candidates_of_a_tempo_free_blend_are_fades(work):
+    clip = run_api(work, bars=4, context=2.0).clip
+    free = replace(clip, plan=replace(clip.plan, time_based=True))
+    _, labels = I.RulePlanner().propose(free, 12, seed=3)
+    assert labels[0] == "equal_power_fade" and set(labels) <= set(I.RulePlanner.TEMPO_FREE) and len(set(labels)) > 1
+    _, labels = I.RulePlanner().propose(clip, 12, seed=3)
+    assert labels[0] == "bass_swap" and not set(labels) <= set(I.RulePlanner.TEMPO_FREE)
+
+
 def test_candidates_keep_the_best_by_the_metrics(work):
     pytest.importorskip("evaluate")
     result = run_api(work, bars=4, context=2.0, candidates=2, seed=1)
@@ -321,6 +331,11 @@ def test_demo_command_runs_the_chain(monkeypatch, tmp_path, work):
         assert name in names
     doc = read_params(out.with_suffix(".json"))
     assert doc["tempo"]["bpm_a"] == pytest.approx(124.0, abs=0.1) and doc["generator"]["kind"] in ("rules", "model")
+    # by default the best of DEFAULT_CANDIDATES samples by the composite is kept
+    generator = doc["generator"]
+    assert generator["candidates"] == I.DEFAULT_CANDIDATES == 4 and len(generator["scores"]) == 4
+    composites = [s["composite"] for s in generator["scores"]]
+    assert all(c is not None and 0.0 < c <= 1.0 for c in composites)
 
 
 @pytest.mark.slow
@@ -393,7 +408,8 @@ def test_no_detectable_beat_falls_back_to_a_tempo_free_blend(work, tmp_path, cap
     assert "warning: no detectable beat in track B (ambient.wav): tempo-free blend" in err
     doc = read_params(out.with_suffix(".json"))
     assert doc["tempo"]["tempo_free"] is True and doc["grid"]["beats_s"] == []
-    assert doc["generator"]["recipe"] == "equal_power_fade"
+    # no beat to cut, echo or swap stems on: every candidate is a fade, the first the equal-power one
+    assert doc["generator"]["recipe"] in I.RulePlanner.TEMPO_FREE and doc["generator"]["candidates"] == 4
     assert any("no detectable beat" in w for w in doc["warnings"])
     assert sf.info(str(out)).frames == doc["audio"]["n_samples"]
 
