@@ -628,6 +628,16 @@ def generate_transition(
     log.info("drawing %d transition%s with the %s", candidates, "s" if candidates > 1 else "",
              "model" if planner.kind == "model" else "rule planner")
     proposals, labels = planner.propose(clip, candidates, seed, style, steps=steps, guidance_scale=guidance_scale)
+    kinds = [planner.kind] * len(labels)
+    if planner.kind == "model" and plan.time_based and candidates > 1 and style is None:
+        # The model has only seen beat-gridded blends: on a tempo-free one its samples are ranked with the rule
+        # planner's fades (on four beatless pairs the best fade scored 0.81-0.86 on three, the best sample
+        # 0.65-0.73, and 0.67 against 0.70 on the fourth).
+        fades, fade_labels = RulePlanner(proposals.shape[1]).propose(clip, candidates, seed)
+        proposals, labels = np.concatenate([proposals, fades]), [*labels, *fade_labels]
+        kinds += ["rules"] * len(fade_labels)
+        log.info("tempo-free blend: the model's %d samples are ranked with %d fades of the rule planner",
+                 candidates, len(fade_labels))
     lap("planner")
 
     mixer = DifferentiableDJMixer().to(dev)
@@ -652,8 +662,11 @@ def generate_transition(
         scores = [{k: (float(v) if math.isfinite(float(v)) else None) for k, v in m.items()} for m in metrics]
         composite = [s.get("composite") for s in scores]
         best = int(np.argmax([c if c is not None else -np.inf for c in composite]))
-        log.info("candidate %d of %d scored best (composite %s)", best + 1, candidates,
+        log.info("candidate %d of %d scored best (composite %s)", best + 1, len(proposals),
                  "n/a" if composite[best] is None else f"{composite[best]:.3f}")
+        if kinds[best] != planner.kind:
+            plan.reasons.append(f"tempo-free blend: the rule planner's {labels[best]} scored best of the model's "
+                                f"{candidates} samples and {len(proposals) - candidates} fades")
         lap("scoring")
     curves = proposals[best]
 
@@ -676,9 +689,9 @@ def generate_transition(
     frame_times = np.linspace(0.0, clip.duration, curves.shape[0]) - start
     kick = None if plan.kick_score is None else float(plan.kick_score)
     generator = {
-        "kind": planner.kind, "model_path": planner.model_path, "recipe": labels[best], "style": style,
-        "seed": int(seed), "guidance_scale": float(guidance_scale) if planner.kind == "model" else None,
-        "steps": int(steps) if planner.kind == "model" else None, "candidates": int(candidates), "scores": scores,
+        "kind": kinds[best], "model_path": planner.model_path, "recipe": labels[best], "style": style,
+        "seed": int(seed), "guidance_scale": float(guidance_scale) if kinds[best] == "model" else None,
+        "steps": int(steps) if kinds[best] == "model" else None, "candidates": len(proposals), "scores": scores,
     }
     params = build_params(
         curves, frame_times, bpm=clip.bpm, blend=(clip.blend_start - start, clip.blend_end - start),

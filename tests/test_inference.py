@@ -394,12 +394,17 @@ def test_track_shorter_than_the_requested_transition(work, tmp_path, capsys):
     assert files_in(out) == []
 
 
-def test_no_detectable_beat_falls_back_to_a_tempo_free_blend(work, tmp_path, capsys):
-    t = np.arange(int(30 * SR)) / SR
+def ambient_pad(path: Path, seconds: float = 30.0) -> Path:
+    """A beatless pad (five slow sines, a 20 s swell): no tempo to detect."""
+    t = np.arange(int(seconds * SR)) / SR
     rng = np.random.default_rng(0)
     pad = sum(0.08 * np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in (110.0, 164.8, 220.0, 261.6, 329.6))
     pad = pad * (0.6 + 0.4 * np.sin(2 * np.pi * 0.05 * t))
-    ambient = save_audio(tmp_path / "ambient.wav", np.stack([pad, pad]).astype(np.float32))
+    return save_audio(path, np.stack([pad, pad]).astype(np.float32))
+
+
+def test_no_detectable_beat_falls_back_to_a_tempo_free_blend(work, tmp_path, capsys):
+    ambient = ambient_pad(tmp_path / "ambient.wav")
     out = tmp_path / "out" / "t.wav"
     code = cli(work.a.mix, ambient, "-o", out, "--stems-a", work.a.stems, "--separator", "dsp", "--bars", 4,
                "--context", 2, "--model", "rules", "--cache-dir", work.cache)
@@ -412,6 +417,24 @@ def test_no_detectable_beat_falls_back_to_a_tempo_free_blend(work, tmp_path, cap
     assert doc["generator"]["recipe"] in I.RulePlanner.TEMPO_FREE and doc["generator"]["candidates"] == 4
     assert any("no detectable beat" in w for w in doc["warnings"])
     assert sf.info(str(out)).frames == doc["audio"]["n_samples"]
+
+
+def test_a_tempo_free_blend_ranks_the_models_samples_with_the_rule_fades(work, tmp_path, tiny_checkpoint):
+    ambient = ambient_pad(tmp_path / "ambient.wav")
+    common = dict(model=tiny_checkpoint, stems_b=None, separator="dsp", bars=4, context=2.0, steps=2, candidates=2)
+    result = I.generate_transition(work.a.mix, ambient, stems_a=work.a.stems, cache_dir=work.cache, device="cpu",
+                                   **common)
+    gen = result.params["generator"]
+    assert result.plan.time_based and gen["candidates"] == 4 and len(gen["scores"]) == 4  # 2 samples + 2 fades
+    best = int(np.argmax([s["composite"] for s in gen["scores"]]))
+    assert gen["kind"] == ("model" if best < 2 else "rules")
+    if best >= 2:
+        assert gen["recipe"] in I.RulePlanner.TEMPO_FREE and gen["steps"] is None
+        assert any(r.startswith("tempo-free blend: the rule planner's") for r in result.params["reasons"])
+    # an asked-for style is the model's alone
+    styled = I.generate_transition(work.a.mix, ambient, stems_a=work.a.stems, cache_dir=work.cache, device="cpu",
+                                   style="bass_swap", **common)
+    assert styled.params["generator"]["candidates"] == 2 and styled.params["generator"]["kind"] == "model"
 
 
 def test_incompatible_keys_warn_and_proceed(work, caplog):
