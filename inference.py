@@ -84,6 +84,9 @@ DEMO_SECONDS = 60.0
 # four held-out sets it lowers the mean loudness dip from 1.31 to 1.18 dB and wins the composite on 47 of 64 pairs
 # over the first sample (ties elsewhere), for about 3 s of scoring per extra candidate on 2 CPU cores.
 DEFAULT_CANDIDATES = 4
+# A kept transition whose beat-phase error (evaluate.py) exceeds this gets a warning: B may flam against A. Beatmatched
+# pairs read a few ms; a drifting live tempo under one stretch ratio read 120-190 ms.
+BEAT_PHASE_WARN_MS = 30.0
 STYLES = tuple(sorted(RECIPES))
 FREE_STYLE = "free"  # --style free: no label, the move left to the diffusion sampler (not the move head)
 
@@ -667,6 +670,12 @@ def generate_transition(
         if kinds[best] != planner.kind:
             plan.reasons.append(f"tempo-free blend: the rule planner's {labels[best]} scored best of the model's "
                                 f"{candidates} samples and {len(proposals) - candidates} fades")
+        phase = scores[best].get("beat_phase_ms")
+        if not plan.time_based and phase is not None and phase > BEAT_PHASE_WARN_MS:
+            warnings.append(f"beat alignment unsure: A's and B's onsets in the blend line up at a lag of "
+                            f"{phase:.0f} ms (a drifting tempo, a misread beat grid, or a pattern that reads "
+                            "ambiguously)")
+            log.warning("%s", warnings[-1])
         lap("scoring")
     curves = proposals[best]
 

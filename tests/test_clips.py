@@ -50,6 +50,45 @@ def test_drum_lock_finds_the_residual_offset(delay):
     assert lock.offset == pytest.approx(-delay, abs=0.001)  # positive = move B later
 
 
+def hats(seconds: float, bpm: float) -> torch.Tensor:
+    """[2, N] short white-noise ticks on the off-beats: a drum stem with no kick."""
+    rng = np.random.default_rng(0)
+    n = int(seconds * SR)
+    x = np.zeros(n + SR // 10)
+    tick = rng.standard_normal(int(0.03 * SR)) * np.exp(-np.arange(int(0.03 * SR)) / (0.005 * SR)) * 0.5
+    for onset in np.arange(30.0 / bpm, seconds, 60.0 / bpm):
+        i = int(round(onset * SR))
+        x[i:i + len(tick)] += tick
+    return torch.from_numpy(np.stack([x[:n], x[:n]]).astype(np.float32))
+
+
+def test_drum_lock_ignores_a_drum_stem_without_kicks():
+    """A kick-less intro: B's drum stem is hats only, whose leak through the low-pass must not move B."""
+    bpm = 130.0
+    a = torch.zeros(4, 2, 20 * SR)
+    b = torch.zeros(4, 2, 20 * SR)
+    a[0] = kicks(20.0, bpm, 1.0)
+    b[0] = hats(20.0, bpm)
+    lock = drum_lock(a, b, 2.0, 18.0, bpm)
+    assert not lock.trusted and lock.offset == 0.0
+
+
+@pytest.mark.parametrize("octave_factor, bpm_b", [(0.5, 174.0), (2.0, 43.5)])
+def test_drum_lock_refines_but_never_rephases_a_half_or_double_time_pair(octave_factor, bpm_b):
+    """87 BPM against B at twice (or half) the tempo: a small residual is found, a whole fast beat is not taken."""
+    bpm = 87.0
+    fast_beat = 60.0 / max(bpm, bpm_b)
+    a = torch.zeros(4, 2, 20 * SR)
+    a[0] = kicks(20.0, bpm, 1.0)
+    for residual, expected in ((0.011, -0.011), (fast_beat, 0.0)):  # B 11 ms late; B a whole fast beat late
+        b = torch.zeros(4, 2, 20 * SR)
+        b[0] = kicks(20.0, bpm_b, 1.0 + residual)
+        lock = drum_lock(a, b, 2.0, 18.0, bpm, octave_factor=octave_factor)
+        assert abs(lock.offset) <= 0.25 * fast_beat + 1e-3  # a quarter of the faster beat at most
+        if expected:
+            assert lock.trusted and lock.offset == pytest.approx(expected, abs=0.001)
+
+
 def clip_of(n_seconds: float, start_in_a: float, offset_b: float) -> Clip:
     n = int(n_seconds * SR)
     plan = CuePlan(a_start=start_in_a + 2.0, a_end=start_in_a + n_seconds - 2.0, b_start=0.0, b_end=0.0, bars=4)

@@ -268,6 +268,22 @@ def test_full_mix_holds_all_of_a_then_the_rest_of_b(work):
     assert tail.abs().max() > 0.05  # B plays to its end
 
 
+def test_a_large_beat_phase_error_of_the_kept_transition_is_a_warning(work, monkeypatch):
+    evaluate = pytest.importorskip("evaluate")
+    real = evaluate.score_curves
+
+    def with_phase(phase_ms):
+        def scored(*args, **kwargs):
+            return [{**m, "beat_phase_ms": phase_ms} for m in real(*args, **kwargs)]
+        return scored
+
+    for phase_ms, warned in ((80.0, True), (4.0, False)):
+        monkeypatch.setattr(evaluate, "score_curves", with_phase(phase_ms))
+        result = run_api(work, bars=4, context=2.0, candidates=2)
+        found = [w for w in result.params["warnings"] if w.startswith("beat alignment unsure")]
+        assert bool(found) == warned and (not warned or "80 ms" in found[0])
+
+
 def test_rule_candidates_of_a_tempo_free_blend_are_fades(work):
     clip = run_api(work, bars=4, context=2.0).clip
     free = replace(clip, plan=replace(clip.plan, time_based=True))
