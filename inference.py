@@ -382,6 +382,8 @@ def check_outputs(outputs: Sequence[Path], inputs: Sequence[str | os.PathLike | 
         for source in (Path(x) for x in inputs if x is not None):
             if source.is_file() and same(out, source):
                 raise InferenceError(f"{out}: is an input track; choose another output (-o, --save-params)")
+        if out.exists() and not out.is_file():
+            raise InferenceError(f"{out}: is a folder, not a file; choose another output")
         parent = out.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
@@ -390,9 +392,11 @@ def check_outputs(outputs: Sequence[Path], inputs: Sequence[str | os.PathLike | 
 
 
 def _commit(jobs: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
-    """Run every writer on a temporary file beside its target, then os.replace them all; on any failure
-    remove the temporaries and leave the targets as they were."""
+    """Run every writer on a temporary file beside its target, then move them all into place; on any failure
+    remove the temporaries and leave the targets as they were (a replaced target is put back)."""
     temps: list[tuple[Path, Path]] = []
+    backups: list[tuple[Path, Path]] = []  # (target, its previous file moved aside)
+    placed: list[Path] = []
     try:
         for target, write in jobs:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -402,8 +406,23 @@ def _commit(jobs: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
             write(Path(name))
         for tmp, target in temps:
             os.chmod(tmp, 0o644)
+            if target.is_file():
+                fd, old = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.old.", suffix=target.suffix)
+                os.close(fd)
+                os.replace(target, old)
+                backups.append((target, Path(old)))
             os.replace(tmp, target)
-        return [target for _, target in temps]
+            placed.append(target)
+        for _, old in backups:
+            old.unlink(missing_ok=True)
+        backups.clear()
+        return placed
+    except BaseException:
+        for target in placed:  # all or nothing: undo what was moved in, restore what was there
+            target.unlink(missing_ok=True)
+        for target, old in backups:
+            os.replace(old, target)
+        raise
     finally:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -157,11 +158,26 @@ def _downmix_matrix(n_channels: int) -> np.ndarray:
     return np.stack([left, right])
 
 
+# julius builds one sinc kernel per output phase: fine for the usual rates (44.1/48 kHz: 147/160 after the gcd),
+# gigabytes for a rate that shares no large factor with 44.1 kHz (44 101 Hz: 44 100 phases). Beyond this many
+# phases a polyphase FIR (scipy) does it in a fraction of a second.
+_JULIUS_MAX_PHASES = 1000
+
+
 def resample(audio: torch.Tensor, old_rate: int, new_rate: int) -> torch.Tensor:
-    """Band-limited resampling of `[..., N]` float32 with `julius.resample_frac` (sinc, 24 zeros)."""
+    """Band-limited resampling of `[..., N]` float32: `julius.resample_frac` (sinc, 24 zeros) for rates with a
+    large common factor, `scipy.signal.resample_poly` (Kaiser-windowed sinc) for the rest."""
+    old_rate, new_rate = int(old_rate), int(new_rate)
     if old_rate == new_rate:
         return audio
-    return julius.resample_frac(audio, int(old_rate), int(new_rate))
+    g = math.gcd(old_rate, new_rate)
+    up, down = new_rate // g, old_rate // g
+    if max(up, down) <= _JULIUS_MAX_PHASES:
+        return julius.resample_frac(audio, old_rate, new_rate)
+    from scipy import signal
+
+    out = signal.resample_poly(audio.detach().cpu().numpy(), up, down, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(audio.device)
 
 
 def save_audio(

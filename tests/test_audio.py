@@ -82,6 +82,26 @@ def test_resample_48k_keeps_frequency(tmp_path):
     assert abs(peak_hz - freq) < 2.0
 
 
+@pytest.mark.parametrize("sr_in", [44_101, 47_999])
+def test_resample_a_rate_coprime_with_44k1_is_light(tmp_path, monkeypatch, sr_in):
+    """julius would build one sinc kernel per output phase (44 100 of them for 44 101 Hz: ~22 GB); such a rate
+    goes through a polyphase FIR, and a sine keeps its frequency and level."""
+    import data.audio as audio
+
+    def refuse(*_, **__):
+        raise AssertionError("julius.resample_frac called with a coprime rate")
+
+    monkeypatch.setattr(audio.julius, "resample_frac", refuse)
+    freq = 997.0
+    t = np.arange(sr_in) / sr_in
+    sf.write(tmp_path / "s.wav", 0.5 * np.sin(2 * np.pi * freq * t), sr_in, subtype="FLOAT")
+    back = load_audio(tmp_path / "s.wav", sample_rate=SR)
+    assert abs(back.shape[1] - SR) <= 1
+    expected = 0.5 * np.sin(2 * np.pi * freq * np.arange(back.shape[1]) / SR)
+    inner = slice(SR // 10, -SR // 10)  # away from the edges' filter transients
+    assert np.max(np.abs(back[0].numpy()[inner] - expected[inner])) < 1e-3
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(AudioError, match="nope.wav.*not found"):
         load_audio(tmp_path / "nope.wav")

@@ -503,6 +503,28 @@ def test_outputs_that_would_overwrite_an_input_or_each_other_are_refused_before_
     blocker.write_text("in the way")
     expect_error(capsys, cli(track, *common, "-o", blocker / "t.wav"), "a_file is a file")
     assert track.read_bytes() == before and files_in(tmp_path / "out") == [] and blocker.read_text() == "in the way"
+    # an output that is an existing folder: refused before any work, the other outputs untouched
+    kept = tmp_path / "kept"
+    (kept / "p.json").mkdir(parents=True)
+    (kept / "t.wav").write_text("OLD")
+    expect_error(capsys, cli(track, *common, "-o", kept / "t.wav", "--save-params", kept / "p.json"),
+                 "p.json: is a folder")
+    (kept / "dir.wav").mkdir()
+    expect_error(capsys, cli(track, *common, "-o", kept / "dir.wav"), "dir.wav: is a folder")
+    assert (kept / "t.wav").read_text() == "OLD" and files_in(kept) == ["t.wav"]
+
+
+def test_a_failed_commit_puts_every_output_back(tmp_path):
+    """The last file cannot be moved into place (a folder appeared there): the first, already replaced, gets its
+    old content back and no temporary is left."""
+    first, second = tmp_path / "t.wav", tmp_path / "t.json"
+    first.write_text("OLD")
+    second.mkdir()
+    with pytest.raises(OSError):
+        I._commit([(first, lambda p: p.write_text("NEW")), (second, lambda p: p.write_text("{}"))])
+    assert first.read_text() == "OLD" and sorted(x.name for x in tmp_path.iterdir()) == ["t.json", "t.wav"]
+    assert I._commit([(first, lambda p: p.write_text("NEW"))]) == [first] and first.read_text() == "NEW"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["t.json", "t.wav"]
 
 
 def test_guidance_and_style_a_model_cannot_take_are_one_line_errors(work, tiny_checkpoint, tmp_path, capsys):
