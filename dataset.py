@@ -10,6 +10,7 @@ mixer's convention), so curves, features and the rendered audio line up exactly.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -29,6 +30,20 @@ from data.transitions import RECIPES
 from effects.params import FULL, SAMPLE_RATE, STEMS, get_layout
 from model.checkpoint import atomic_save
 from model.conditioning import N_KEYS, TrackFeatures
+
+MAX_SEED = 2**63 - 1  # numpy's and torch's generators take 0..2^63-1
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of every CLI's --seed: an integer in 0..MAX_SEED (a one-line usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..2^63-1, got {value}")
+    return value
+
 
 log = logging.getLogger(__name__)
 

@@ -1301,6 +1301,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="re-summarise earlier runs' results.csv files over all their pairs (no rendering)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--model", default=None, help="checkpoint or exported weights; omitted: baselines only")
+    from dataset import seed_arg
     from inference import DEFAULT_CANDIDATES  # evaluate what inference.py does by default
 
     parser.add_argument("--candidates", type=int, default=None,
@@ -1311,7 +1312,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="eval", help="folder for results.md, results.csv, metrics.png")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's config)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's config)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model samples and the rule planner")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed of the model samples and the rule planner")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="auto (default): CUDA, else MPS, else CPU")
     return parser

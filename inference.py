@@ -54,7 +54,7 @@ from data.stems import (
     separate_windows,
 )
 from data.transitions import DEFAULT_WEIGHTS, RECIPES, sample_recipe
-from dataset import STYLE_LABELS, build_track_features, style_index
+from dataset import STYLE_LABELS, build_track_features, seed_arg, style_index
 from effects.mixer import DifferentiableDJMixer
 from effects.output import LimiterReport, limit_true_peak, loudness_compensate
 from effects.params import SAMPLE_RATE
@@ -87,6 +87,8 @@ DEFAULT_CANDIDATES = 4
 # A kept transition whose beat-phase error (evaluate.py) exceeds this gets a warning: B may flam against A. Beatmatched
 # pairs read a few ms; a drifting live tempo under one stretch ratio read 120-190 ms.
 BEAT_PHASE_WARN_MS = 30.0
+MAX_GUIDANCE = 20.0  # classifier-free guidance beyond this extrapolates far off the data (the default is 2)
+LOUDNESS_GAP_WARN_DB = 6.0  # tracks further apart in integrated loudness than this get a warning
 STYLES = tuple(sorted(RECIPES))
 FREE_STYLE = "free"  # --style free: no label, the move left to the diffusion sampler (not the move head)
 
@@ -460,7 +462,34 @@ def _load_track(name: str, source, stems) -> _Track:
             raise InferenceError(f"{where}stems of track {name} last {m / SAMPLE_RATE:.1f} s but the track lasts "
                                  f"{n / SAMPLE_RATE:.1f} s")
         stems = stems[..., :n] if m >= n else torch.nn.functional.pad(stems, (0, n - m))
+        match = stems_match(audio, stems)
+        if match < STEMS_MIN_MATCH:
+            what = "are silent" if match == 0.0 else f"do not match it (their sum correlates {match:.2f} with it)"
+            raise InferenceError(f"{where}stems of track {name} {what}; give the stems of this track")
     return _Track(name, audio, path, stems)
+
+
+STEMS_MIN_MATCH = 0.5  # a track and the sum of its own stems correlate at 0.9 or more (Demucs: 0.99)
+
+
+def stems_match(audio: torch.Tensor, stems: torch.Tensor, seconds: float = 20.0, max_lag_s: float = 0.25) -> float:
+    """How well whole-track stems [4, 2, N] belong to a track [2, N]: the peak normalised cross-correlation of the
+    mono track and the mono stem sum over the middle `seconds`, lags within +-`max_lag_s` (a decoder's delay
+    between an MP3 and the file the stems came from does not count against them). 0.0: the stems are silent there
+    (or the track is)."""
+    n = audio.shape[-1]
+    half = min(n, int(seconds * SAMPLE_RATE)) // 2
+    mid = slice(n // 2 - half, n // 2 + half)
+    x = audio[:, mid].double().mean(0).numpy()
+    y = stems[..., mid].double().sum(0).mean(0).numpy()
+    norm = float(np.sqrt(np.dot(x, x) * np.dot(y, y)))
+    if norm <= 1e-12:
+        return 0.0
+    from scipy import signal
+
+    lag = int(max_lag_s * SAMPLE_RATE)
+    xc = signal.correlate(x, y, mode="full", method="fft")[len(y) - 1 - lag:len(y) + lag]
+    return float(np.max(np.abs(xc)) / norm)
 
 
 def _tempo_free(analysis: TrackAnalysis) -> TrackAnalysis:
@@ -566,8 +595,12 @@ def generate_transition(
         raise InferenceError(f"--candidates must be >= 1, got {candidates}")
     if steps < 1:
         raise InferenceError(f"--steps must be >= 1, got {steps}")
-    if not math.isfinite(guidance_scale):
-        raise InferenceError(f"--guidance-scale must be a finite number, got {guidance_scale}")
+    if not (0.0 <= guidance_scale <= MAX_GUIDANCE):  # also NaN; negative or huge scales render garbage
+        raise InferenceError(f"--guidance-scale must be in 0..{MAX_GUIDANCE:g}, got {guidance_scale}")
+    if duration is not None and not (duration > 0 and math.isfinite(duration)):
+        raise InferenceError(f"--duration must be a positive number of seconds, got {duration}")
+    if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**63):
+        raise InferenceError(f"--seed must be an integer in 0..2^63-1, got {seed}")
     if not (context >= 0 and math.isfinite(context)):
         raise InferenceError(f"--context must be >= 0 seconds, got {context}")
     if style is not None and style not in RECIPES and style != FREE_STYLE:
@@ -600,6 +633,11 @@ def generate_transition(
         if analysis.beat_confidence <= 0:
             warnings.append(f"no detectable beat in track {track.label}: tempo-free blend "
                             "(time-based cues, no beatmatch)")
+    gap = float(an_b.lufs) - float(an_a.lufs)
+    if math.isfinite(gap) and abs(gap) > LOUDNESS_GAP_WARN_DB:
+        warnings.append(f"the tracks differ by {abs(gap):.1f} dB in loudness (A {an_a.lufs:.1f}, B {an_b.lufs:.1f} "
+                        f"LUFS): the level {'falls' if gap < 0 else 'rises'} across the blend; trim the "
+                        "quieter track's gain to match first")
     n_bars, explicit = _requested_bars(bars, duration, an_a)
     try:
         plan = plan_transition(an_a, an_b, a.audio, b.audio, SAMPLE_RATE, bars=n_bars, cue_a=cue_a, cue_b=cue_b)
@@ -811,9 +849,10 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--bars", type=int, default=None, help=f"blend length in bars ({MIN_BARS}..{MAX_BARS}; "
                         f"default {DEFAULT_BARS}, shortened when a track is too short)")
     length.add_argument("--duration", type=float, default=None, help="blend length in seconds (rounded to bars)")
-    parser.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance")
+    parser.add_argument("--guidance-scale", type=float, default=2.0,
+                        help=f"classifier-free guidance, 0..{MAX_GUIDANCE:g} (0: unconditional)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same transition)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="random seed (same seed, same transition)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--style", default=None, choices=(*STYLES, FREE_STYLE),
                         help="transition style (a recipe label); default: the model's move head picks it where the "

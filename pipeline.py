@@ -40,10 +40,10 @@ from tqdm.auto import tqdm
 
 from data.analysis import TrackAnalysis, analyze_track
 from data.audio import AudioError, load_audio, save_audio
-from data.cues import select_cues
+from data.cues import MAX_BARS, MIN_BARS, select_cues
 from data.pairs import Track, analysis_from_truth, build_pair, pick_pairs
 from data.stems import OracleSeparator, get_separator, save_stems
-from dataset import FORMAT_VERSION, quality_judge, write_json_atomic
+from dataset import FORMAT_VERSION, quality_judge, seed_arg, write_json_atomic
 from effects.params import SAMPLE_RATE
 
 log = logging.getLogger("pipeline")
@@ -276,12 +276,16 @@ def _map(fn, jobs: list, workers: int, desc: str):
         yield from tqdm(pool.map(fn, jobs), total=len(jobs), desc=desc, unit="item")
 
 
+class PipelineError(Exception):
+    """Settings or an output folder this run cannot use (a one-line error from the CLI)."""
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "transitions", None):
         return run_transitions(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    if args.synthetic:
+    if args.synthetic is not None:
         sources = synthetic_sources(args.synthetic, args.seed, args.duration)
     else:
         sources = library_sources(Path(args.tracks))
@@ -315,6 +319,10 @@ def run(args: argparse.Namespace) -> int:
             manifest_pairs.append({"id": pair_id, "path": pair_id, "split": split, "kind": "synthetic",
                                    "tracks": [a_id, b_id]})
             if (out / pair_id / "analysis.json").is_file():
+                frames = read_json(out / pair_id / "analysis.json").get("n_frames")
+                if frames is not None and frames != args.n_frames:  # the manifest would misdescribe it
+                    raise PipelineError(f"{out} holds pairs of {frames} curve frames; give --n-frames {frames} to "
+                                        f"add to it, or another --output")
                 continue  # resumable: finished pairs are kept
             jobs.append({"folder": str(out / pair_id), "a": by_id[a_id], "b": by_id[b_id], "analysis_a": known[a_id],
                          "analysis_b": known[b_id], "seed": int(rng.integers(2**31)), "bars": args.bars,
@@ -339,6 +347,9 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%d item(s) skipped:", len(failures))
         for name, error in sorted(failures.items()):
             log.warning("  %s: %s", name, error)
+    if not pairs:
+        print(f"error: no pairs made in {out}: pairs need two tempo- and key-compatible tracks in one split "
+              f"({len(known)} usable track(s); --all-to train puts them all in one)", file=sys.stderr)
     return 0 if pairs else 1
 
 
@@ -358,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="processed folder to write")
     parser.add_argument("--max", type=int, default=None, help="at most this many pairs in all")
     parser.add_argument("--workers", type=int, default=1, help="processes for analysis and pair making")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--all-to", choices=[name for name, _ in SPLITS], default=None,
                         help="put every track in this split, e.g. a held-out test set from a --seed no training used")
     parser.add_argument("--separator", default=None, help="htdemucs (default for files), demucs:PATH, dsp")
@@ -389,6 +400,20 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and not Path(value).is_dir():
             print(f"error: {flag} {value}: not a folder", file=sys.stderr)
             return 2
+    problems = [  # settings every pair would fail on: refused before any work
+        (args.synthetic is not None and args.synthetic < 2, f"--synthetic needs N >= 2 (pairs need two tracks), got "
+                                                            f"{args.synthetic}"),
+        (args.bars is not None and not MIN_BARS <= args.bars <= MAX_BARS,
+         f"--bars must be in {MIN_BARS}..{MAX_BARS}, got {args.bars}"),
+        (args.n_frames < 2, f"--n-frames must be >= 2, got {args.n_frames}"),
+        (not (args.duration > 0 and np.isfinite(args.duration)),
+         f"--duration must be > 0 seconds, got {args.duration}"),
+        (args.max is not None and args.max < 1, f"--max must be >= 1, got {args.max}"),
+    ]
+    for bad, message in problems:
+        if bad:
+            print(f"error: {message}", file=sys.stderr)
+            return 2
     try:
         Path(args.output).mkdir(parents=True, exist_ok=True)  # before any work: an unusable --output fails now
     except OSError as error:
@@ -396,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return run(args)
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except OSError as error:  # writing pairs (disk full, permissions): one line; finished pairs stay in place
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -70,6 +70,7 @@ from dataset import (
     augment_item,
     collate,
     parse_track_duration,
+    seed_arg,
 )
 from effects.params import FULL, get_layout
 from model import (
@@ -159,7 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (1)")
     g.add_argument("--ema-decay", type=float)
     g.add_argument("--audio-loss-weight", type=float, help="weight of the rendered-audio STFT loss (0 = off)")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=seed_arg)
     g = p.add_argument_group("run")
     g.add_argument("--output", type=Path, default=Path("runs/default"), help="run folder (runs/default)")
     g.add_argument("--resume", metavar="PATH|auto", help="checkpoint to continue; auto = OUTPUT/last.pt if any")

@@ -891,6 +891,8 @@ def load_stems(folder: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> tor
         except Exception as exc:  # libsndfile raises several types for corrupt input
             raise AudioError(f"{path}: unreadable stem file ({exc})") from exc
         data = data.T  # [C, N]
+        if not np.all(np.isfinite(data)):
+            raise AudioError(f"{path}: contains non-finite samples (NaN or Inf)")
         if data.shape[0] == 1:
             data = np.repeat(data, 2, axis=0)
         elif data.shape[0] != 2:

@@ -514,6 +514,46 @@ def test_outputs_that_would_overwrite_an_input_or_each_other_are_refused_before_
     assert (kept / "t.wav").read_text() == "OLD" and files_in(kept) == ["t.wav"]
 
 
+def test_stems_that_are_not_the_tracks_own_are_refused(work, tmp_path, capsys):
+    base = [work.a.mix, work.b.mix, "-o", tmp_path / "out" / "t.wav", "--model", "rules", "--cache-dir", work.cache,
+            "--bars", 4, "--context", 2, "--candidates", 1, "-q"]
+    expect_error(capsys, cli(*base, "--stems-a", work.b.stems, "--stems-b", work.b.stems),
+                 "stems of track A do not match it", "correlates 0.")
+    silent = tmp_path / "silent"
+    silent.mkdir()
+    for stem in work.a.stems.iterdir():
+        x, sr = sf.read(stem, dtype="float32")
+        sf.write(silent / stem.name, 0 * x, sr)
+    expect_error(capsys, cli(*base, "--stems-a", silent, "--stems-b", work.b.stems), "stems of track A are silent")
+    broken = tmp_path / "nan"
+    broken.mkdir()
+    for stem in work.a.stems.iterdir():
+        x, sr = sf.read(stem, dtype="float32")
+        x[len(x) // 2] = np.nan
+        sf.write(broken / stem.with_suffix(".wav").name, x, sr, subtype="FLOAT")
+    expect_error(capsys, cli(*base, "--stems-a", broken, "--stems-b", work.b.stems), "non-finite samples")
+    assert files_in(tmp_path / "out") == []
+    # the track's own stems a decoder's delay away still belong to it
+    assert I.stems_match(*(lambda s: (s.sum(0), torch.nn.functional.pad(s, (1105, 0))[..., :s.shape[-1]]))(
+        torch.from_numpy(work.a.stem_array))) > 0.99
+
+
+def test_tracks_far_apart_in_loudness_get_a_warning(work, tmp_path):
+    quiet = tmp_path / "quiet"
+    (quiet / "stems").mkdir(parents=True)
+    x, sr = sf.read(work.b.mix, dtype="float32")
+    sf.write(quiet / "mix.wav", 0.1 * x, sr, subtype="FLOAT")  # 20 dB down
+    for stem in work.b.stems.iterdir():
+        y, sr = sf.read(stem, dtype="float32")
+        sf.write(quiet / "stems" / stem.with_suffix(".wav").name, 0.1 * y, sr, subtype="FLOAT")
+    result = I.generate_transition(work.a.mix, quiet / "mix.wav", model="rules", stems_a=work.a.stems,
+                                   stems_b=quiet / "stems", bars=4, context=2.0, candidates=1, cache_dir=work.cache,
+                                   device="cpu")
+    found = [w for w in result.params["warnings"] if w.startswith("the tracks differ by")]
+    assert len(found) == 1 and "falls across the blend" in found[0]
+    assert not any(w.startswith("the tracks differ by") for w in run_api(work, bars=4, context=2.0).params["warnings"])
+
+
 def test_a_failed_commit_puts_every_output_back(tmp_path):
     """The last file cannot be moved into place (a folder appeared there): the first, already replaced, gets its
     old content back and no temporary is left."""
@@ -530,7 +570,15 @@ def test_a_failed_commit_puts_every_output_back(tmp_path):
 def test_guidance_and_style_a_model_cannot_take_are_one_line_errors(work, tiny_checkpoint, tmp_path, capsys):
     base = [work.a.mix, work.b.mix, "--stems-a", work.a.stems, "--stems-b", work.b.stems, "--cache-dir", work.cache,
             "--bars", 4, "--context", 2, "--steps", 2, "-o", tmp_path / "t.wav", "-q"]
-    expect_error(capsys, cli(*base, "--model", tiny_checkpoint, "--guidance-scale", "nan"), "--guidance-scale")
+    for bad in ("nan", "-50", "1e30"):  # negative or huge scales rendered near-silence or chaotic levels
+        expect_error(capsys, cli(*base, "--model", tiny_checkpoint, "--guidance-scale", bad), "--guidance-scale",
+                     "must be in 0..20")
+    for bad in ("nan", "inf", "-4"):
+        no_bars = [x for i, x in enumerate(base) if x != "--bars" and (i == 0 or base[i - 1] != "--bars")]
+        expect_error(capsys, cli(*no_bars, "--model", tiny_checkpoint, "--duration", bad),
+                     "--duration must be a positive number")
+    with pytest.raises(I.InferenceError, match="--seed must be an integer"):
+        run_api(work, seed=-1)
     torch.manual_seed(0)
     few = create_model(get_config("tiny", model__n_styles=3))
     path = save_checkpoint(tmp_path / "three_styles.pt", few, ema=create_ema(few))

@@ -147,6 +147,11 @@ def test_pipeline_synthetic_end_to_end(tmp_path):
     stamps = {p["id"]: (out / p["path"] / "params.npy").stat().st_mtime_ns for p in pairs}
     assert pipeline.main(args) == 0
     assert {p["id"]: (out / p["path"] / "params.npy").stat().st_mtime_ns for p in pairs} == stamps
+    # ... but not with another curve length, which the manifest would then misdescribe
+    other = [x if x != "64" else "32" for x in args]
+    assert pipeline.main(other) == 2
+    assert {p["id"]: (out / p["path"] / "params.npy").stat().st_mtime_ns for p in pairs} == stamps
+    assert read_manifest(out)["n_frames"] == 64
 
 
 def test_library_with_a_corrupt_file_reports_and_skips(tmp_path, caplog):
@@ -175,6 +180,19 @@ def test_missing_tracks_folder_is_a_clear_error(tmp_path, capsys):
     assert pipeline.main(["--synthetic", "2", "--output", str(tmp_path / "a_file" / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --output") and "cannot create the folder" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--synthetic", "0"], "--synthetic needs N >= 2"), (["--synthetic", "-3"], "--synthetic needs N >= 2"),
+    (["--synthetic", "4", "--bars", "0"], "--bars must be in 4..32"),
+    (["--synthetic", "4", "--n-frames", "1"], "--n-frames must be >= 2"),
+    (["--synthetic", "4", "--duration", "-5"], "--duration must be > 0"),
+    (["--synthetic", "4", "--max", "0"], "--max must be >= 1"),
+])
+def test_settings_every_pair_would_fail_on_are_refused_before_any_work(tmp_path, capsys, flags, message):
+    assert pipeline.main([*flags, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err and not (tmp_path / "out").exists()
 
 
 def test_synthetic_crates_stay_in_style_ranges():
