@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from data.analysis import TrackAnalysis, analyze_track
-from data.audio import AudioError, load_audio, save_audio
+from data.audio import AudioError, load_audio, peak_db, save_audio
 from data.clips import Clip, make_clip, splice
 from data.cues import MAX_BARS, MIN_BARS, CuePlan, bpm_compatibility, key_report, plan_transition
 from data.report import ParamsError, build_params, write_params
@@ -88,7 +88,10 @@ DEFAULT_CANDIDATES = 4
 # pairs read a few ms; a drifting live tempo under one stretch ratio read 120-190 ms.
 BEAT_PHASE_WARN_MS = 30.0
 MAX_GUIDANCE = 20.0  # classifier-free guidance beyond this extrapolates far off the data (the default is 2)
-LOUDNESS_GAP_WARN_DB = 6.0  # tracks further apart in integrated loudness than this get a warning
+LOUDNESS_GAP_WARN_DB = 6.0  # tracks further apart in integrated loudness than this (after auto-gain) get a warning
+AUTO_GAIN_MAX_DB = 12.0  # auto-gain trims B by at most this much
+AUTO_GAIN_MIN_DB = 1.0  # ... and leaves a smaller gap alone (masters differ by a dB or two by design)
+AUTO_GAIN_PEAK_DB = -1.0  # ... and never lifts B's sample peak above this
 STYLES = tuple(sorted(RECIPES))
 FREE_STYLE = "free"  # --style free: no label, the move left to the diffusion sampler (not the move head)
 
@@ -492,6 +495,19 @@ def stems_match(audio: torch.Tensor, stems: torch.Tensor, seconds: float = 20.0,
     return float(np.max(np.abs(xc)) / norm)
 
 
+def auto_gain_db(a: TrackAnalysis, b: TrackAnalysis, peak_b_db: float) -> float:
+    """dB to trim B by so its integrated loudness meets A's: 0 within AUTO_GAIN_MIN_DB, at most
+    AUTO_GAIN_MAX_DB either way, and a lift never takes B's sample peak (`peak_b_db`, dBFS) above
+    AUTO_GAIN_PEAK_DB (the output limiter would otherwise squash B's whole remainder)."""
+    gap = float(a.lufs) - float(b.lufs)
+    if not math.isfinite(gap) or abs(gap) <= AUTO_GAIN_MIN_DB:
+        return 0.0
+    trim = float(np.clip(gap, -AUTO_GAIN_MAX_DB, AUTO_GAIN_MAX_DB))
+    if trim > 0:
+        trim = min(trim, max(0.0, AUTO_GAIN_PEAK_DB - peak_b_db))
+    return round(trim, 2)
+
+
 def _tempo_free(analysis: TrackAnalysis) -> TrackAnalysis:
     """The analysis without a beat grid (a tempo-free blend places its moves at plain times)."""
     return replace(analysis, beats=np.zeros(0), downbeats=np.zeros(0))
@@ -564,6 +580,7 @@ def generate_transition(
     device: str | torch.device = "auto",
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
+    auto_gain: bool = True,
     progress: bool = False,
 ) -> Transition:
     """Two tracks (files or [2, N] float32 tensors at 44.1 kHz) -> a finished `Transition`.
@@ -586,6 +603,8 @@ def generate_transition(
         analysis_a / analysis_b: precomputed analyses (skip the analysis).
         cache_dir: stems, stretched stems and analyses are cached there (default: $DJMIX_CACHE or
             ~/.cache/djmix/stems); use_cache False disables it.
+        auto_gain: trim B toward A's integrated loudness first (`auto_gain_db`), as a DJ's gain knob or a
+            player's auto-gain does; params.json's tracks.b.gain_db records it.
 
     Raises:
         AudioError (unusable file), InferenceError (settings or inputs that cannot make a transition),
@@ -633,11 +652,15 @@ def generate_transition(
         if analysis.beat_confidence <= 0:
             warnings.append(f"no detectable beat in track {track.label}: tempo-free blend "
                             "(time-based cues, no beatmatch)")
+    trim = auto_gain_db(an_a, an_b, peak_db(b.audio)) if auto_gain else 0.0
+    if trim:  # applied to B's stems after separation and stretching (their caches stay B's own) and to its tail
+        an_b = replace(an_b, energy=an_b.energy * 10.0 ** (trim / 20.0), lufs=float(an_b.lufs) + trim)
+        log.info("auto-gain: B trimmed by %+.1f dB toward A's loudness", trim)
     gap = float(an_b.lufs) - float(an_a.lufs)
     if math.isfinite(gap) and abs(gap) > LOUDNESS_GAP_WARN_DB:
         warnings.append(f"the tracks differ by {abs(gap):.1f} dB in loudness (A {an_a.lufs:.1f}, B {an_b.lufs:.1f} "
-                        f"LUFS): the level {'falls' if gap < 0 else 'rises'} across the blend; trim the "
-                        "quieter track's gain to match first")
+                        f"LUFS{', after auto-gain' if trim else ''}): the level {'falls' if gap < 0 else 'rises'} "
+                        "across the blend")
     n_bars, explicit = _requested_bars(bars, duration, an_a)
     try:
         plan = plan_transition(an_a, an_b, a.audio, b.audio, SAMPLE_RATE, bars=n_bars, cue_a=cue_a, cue_b=cue_b)
@@ -671,7 +694,7 @@ def generate_transition(
         sep_a, sep_b = sep_a or timed, sep_b or timed
     try:
         clip = make_clip(a.audio, b.audio, clip_a, clip_b, plan, sep_a, sep_b, cache_dir=cache_dir,
-                         use_cache=use_cache, track_ids=(a.label, b.label))
+                         use_cache=use_cache, track_ids=(a.label, b.label), gain_b=10.0 ** (trim / 20.0))
     except ValueError as error:
         raise InferenceError(str(error)) from None
     separation = sep_a.seconds + (sep_b.seconds if sep_b is not sep_a else 0.0)
@@ -776,7 +799,7 @@ def generate_transition(
               "manual_a": cue_a is not None, "manual_b": cue_b is not None},
         tracks={"a": {"path": a.path, "duration_s": a.duration, "offset_s": clip.start_in_a + start, "scale": 1.0},
                 "b": {"path": b.path, "duration_s": b.duration, "offset_s": clip.offset_b + clip.ratio * start,
-                      "scale": clip.ratio}},
+                      "scale": clip.ratio, "gain_db": round(trim, 3)}},
         generator=generator,
         output={"loudness_gain_db": [round(20 * math.log10(float(gain.min())), 3),
                                      round(20 * math.log10(float(gain.max())), 3)],
@@ -877,6 +900,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default=None, help="stem/analysis cache (default $DJMIX_CACHE or "
                                                           "~/.cache/djmix/stems)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the caches")
+    parser.add_argument("--no-auto-gain", action="store_true", help="keep B at its own level (default: trim it "
+                                                                    "toward A's loudness, at most 12 dB)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default; 1 is "
                                                                 "often fastest on a machine shared with other jobs)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -930,7 +955,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             cue_a=args.cue_a, cue_b=args.cue_b, context=args.context, full_mix=args.full_mix, steps=args.steps,
             guidance_scale=args.guidance_scale, seed=args.seed, style=args.style, candidates=args.candidates,
             separator=args.separator or DEFAULT_SEPARATOR, stems_a=args.stems_a, stems_b=args.stems_b,
-            device=args.device, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+            device=args.device, cache_dir=args.cache_dir, use_cache=not args.no_cache, auto_gain=not args.no_auto_gain,
             progress=sys.stderr.isatty(),
         )
         written = result.save(output, args.save_params, plot, summary)

@@ -71,6 +71,7 @@ class Clip:
     drum_offset: float = 0.0  # s B was moved by the drum-stem lock after the plan's kick-lock (see drum_lock)
     drum_score: float | None = None  # its correlation (None = not run)
     drum_locked: bool = False  # the drum lock was trusted and applied
+    gain_b: float = 1.0  # linear gain B is trimmed by (auto-gain): on its clip stems and on its tail (splice)
     sample_rate: int = SAMPLE_RATE
 
     @property
@@ -163,12 +164,14 @@ def make_clip(
     progress: bool = False,
     lock_drums: bool = True,
     sample_rate: int = SAMPLE_RATE,
+    gain_b: float = 1.0,
 ) -> Clip:
     """Stems and clip-time analyses of the blend plus `context_bars` on each side (build_pair's geometry).
 
     Separates only A's and B's windows (plus the separator margins), stretches B's stems by the
     plan's applied ratio and places them so that B time `plan.b_time_at(t)` plays at A time t;
-    then, with `lock_drums`, moves B by the drum-stem lock when it is trusted (`drum_lock`).
+    then, with `lock_drums`, moves B by the drum-stem lock when it is trusted (`drum_lock`). B's stems
+    are scaled by `gain_b` (a trim; after separation and stretching, so their caches serve any trim).
     Raises ValueError when less than a second of B falls inside the clip.
     """
     sr = sample_rate
@@ -198,6 +201,8 @@ def make_clip(
     stems_b_win = separate_windows(audio_b, [window_b], separator_b, cache_dir=cache_dir, use_cache=use_cache,
                                    track_id=track_ids[1], progress=progress, sample_rate=sr)[0]
     stretched = stretch(stems_b_win.reshape(8, -1), ratio, sr, cache_dir, use_cache).reshape(4, 2, -1)
+    if gain_b != 1.0:
+        stretched = stretched * gain_b
     b_start_in_clip = (window_b[0] - plan.b_start) / ratio + plan.a_start + plan.kick_offset - clip_start
     stems_b = window(stretched, -int(round(b_start_in_clip * sr)), n)
     blend_start, blend_end = plan.a_start - clip_start, plan.a_end - clip_start
@@ -222,7 +227,7 @@ def make_clip(
         blend_end=blend_end, offset_b=offset_b, ratio=ratio, bpm=bpm,
         meta_a=clip_analysis(a, clip_start, 1.0, duration, valid_a),
         meta_b=clip_analysis(b, offset_b, ratio, duration, valid_b), drum_offset=shift, drum_score=score,
-        drum_locked=locked, sample_rate=sr,
+        drum_locked=locked, sample_rate=sr, gain_b=float(gain_b),
     )
 
 
@@ -326,7 +331,7 @@ def splice(
     if end > clip.duration:  # tail from B's mix
         t0 = max(start, clip.duration - xf / sr)
         k0 = int(round(t0 * sr)) - s0
-        b_part = track_b_audio(audio_b, clip, t0, end, cache_dir, use_cache).to(out)
+        b_part = track_b_audio(audio_b, clip, t0, end, cache_dir, use_cache).to(out) * clip.gain_b
         m = min(n - k0, b_part.shape[-1])
         weight = torch.ones(m, dtype=out.dtype, device=out.device)
         into = clip.n_samples - s0 - k0  # samples of the crossfade that lie inside the clip

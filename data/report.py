@@ -94,7 +94,8 @@ _TRACK = _obj({
     "duration_s": _NUM_OR_NULL,
     "offset_s": {**_NUM, "description": "track time at output time 0 of the mapping below"},
     "scale": {**_NUM, "description": "track time = offset_s + scale * output time (B: the tempo stretch)"},
-})
+    "gain_db": {**_NUM, "description": "gain the track was trimmed by before mixing (B: auto-gain toward A)"},
+}, required=["path", "duration_s", "offset_s", "scale"])
 
 PARAMS_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

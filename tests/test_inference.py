@@ -546,12 +546,22 @@ def test_tracks_far_apart_in_loudness_get_a_warning(work, tmp_path):
     for stem in work.b.stems.iterdir():
         y, sr = sf.read(stem, dtype="float32")
         sf.write(quiet / "stems" / stem.with_suffix(".wav").name, 0.1 * y, sr, subtype="FLOAT")
-    result = I.generate_transition(work.a.mix, quiet / "mix.wav", model="rules", stems_a=work.a.stems,
-                                   stems_b=quiet / "stems", bars=4, context=2.0, candidates=1, cache_dir=work.cache,
-                                   device="cpu")
-    found = [w for w in result.params["warnings"] if w.startswith("the tracks differ by")]
-    assert len(found) == 1 and "falls across the blend" in found[0]
-    assert not any(w.startswith("the tracks differ by") for w in run_api(work, bars=4, context=2.0).params["warnings"])
+    def run(auto_gain: bool):
+        return I.generate_transition(work.a.mix, quiet / "mix.wav", model="rules", stems_a=work.a.stems,
+                                     stems_b=quiet / "stems", bars=4, context=2.0, candidates=1, cache_dir=work.cache,
+                                     device="cpu", auto_gain=auto_gain)
+
+    trimmed, raw = run(True), run(False)
+    # auto-gain lifts B by its cap (12 dB of the 20), the rest is a warning; without it, the whole gap is
+    assert trimmed.params["tracks"]["b"]["gain_db"] == pytest.approx(12.0) and raw.params["tracks"]["b"]["gain_db"] == 0
+    for result, words in ((trimmed, "after auto-gain): the level falls"), (raw, "LUFS): the level falls")):
+        found = [w for w in result.params["warnings"] if w.startswith("the tracks differ by")]
+        assert len(found) == 1 and words in found[0]
+    tail = slice(-SR, None)  # B's own mix after the blend: 12 dB up, before the output stage's own small moves
+    lift = 20 * np.log10(trimmed.audio[:, tail].std() / raw.audio[:, tail].std())
+    assert lift == pytest.approx(12.0, abs=1.5)
+    same = run_api(work, bars=4, context=2.0).params
+    assert not any(w.startswith("the tracks differ by") for w in same["warnings"])
 
 
 def test_a_failed_commit_puts_every_output_back(tmp_path):
