@@ -495,6 +495,11 @@ def stems_match(audio: torch.Tensor, stems: torch.Tensor, seconds: float = 20.0,
     return float(np.max(np.abs(xc)) / norm)
 
 
+def _steps_used(planner, steps: int) -> int:
+    """The DDIM steps the sampler takes: at most the model's training timesteps (it caps more)."""
+    return int(min(steps, planner.model.config.diffusion.train_timesteps))
+
+
 def auto_gain_db(a: TrackAnalysis, b: TrackAnalysis, peak_b_db: float) -> float:
     """dB to trim B by so its integrated loudness meets A's: 0 within AUTO_GAIN_MIN_DB, at most
     AUTO_GAIN_MAX_DB either way, and a lift never takes B's sample peak (`peak_b_db`, dBFS) above
@@ -780,7 +785,8 @@ def generate_transition(
     generator = {
         "kind": kinds[best], "model_path": planner.model_path, "recipe": labels[best], "style": style,
         "seed": int(seed), "guidance_scale": float(guidance_scale) if kinds[best] == "model" else None,
-        "steps": int(steps) if kinds[best] == "model" else None, "candidates": len(proposals), "scores": scores,
+        "steps": _steps_used(planner, steps) if kinds[best] == "model" else None, "candidates": len(proposals),
+        "scores": scores,
     }
     params = build_params(
         curves, frame_times, bpm=clip.bpm, blend=(clip.blend_start - start, clip.blend_end - start),

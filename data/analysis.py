@@ -188,7 +188,12 @@ def analyze_track(
     stem_arrays = _as_stems(stems, x.shape[1]) if stems is not None else None
 
     def mono(signal: np.ndarray) -> np.ndarray:  # [C, N] at sample_rate -> [M] at ANALYSIS_RATE
-        return _to_analysis_rate(signal.mean(0), sample_rate)
+        mid = signal.mean(0)
+        if signal.shape[0] == 2:  # out-of-phase stereo (R = -L) cancels in the mid: read the side instead
+            side = 0.5 * (signal[0] - signal[1])
+            if float(np.dot(side, side)) > 100.0 * float(np.dot(mid, mid)):
+                mid = side
+        return _to_analysis_rate(mid, sample_rate)
 
     mix = mono(x)
     onsets = _onset_features(mix)

@@ -9,10 +9,12 @@ names the file and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -40,6 +42,9 @@ class AudioError(ValueError):
     """A file that cannot be used as audio; the message names the file and the problem."""
 
 
+DC_OFFSET_MAX = 1e-3  # a channel whose mean over the file exceeds this (-60 dBFS) has a DC offset; music's is ~1e-5
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int = SAMPLE_RATE,
@@ -55,7 +60,8 @@ def load_audio(
 
     Returns:
         `[2, N]` float32 tensor in [-1, 1] for fixed-point files (float files keep their values).
-        Mono is duplicated to both channels; more than two channels are downmixed (`downmix`).
+        Mono is duplicated to both channels; more than two channels are downmixed (`downmix`). A DC
+        offset (a channel mean above DC_OFFSET_MAX) is removed, with a warning.
 
     Raises:
         AudioError: missing file, unreadable/corrupt file, no samples, non-finite samples,
@@ -74,34 +80,60 @@ def load_audio(
         raise AudioError(f"{path}: no audio samples")
     if not np.all(np.isfinite(data)):
         raise AudioError(f"{path}: contains non-finite samples (NaN or Inf)")
+    offset = data.mean(axis=1, keepdims=True, dtype=np.float64)
+    if float(np.abs(offset).max()) > DC_OFFSET_MAX:  # a click where playback starts, and lost headroom
+        logger.warning("%s: removed a DC offset of %.3f", path, float(np.abs(offset).max()))
+        data = (data - offset).astype(np.float32)
     peak = float(np.max(np.abs(data)))
     if peak < SILENCE_PEAK and not allow_silence:
         raise AudioError(f"{path}: audio is silent (peak {peak:.2g} < {SILENCE_PEAK:g})")
-
     audio = torch.from_numpy(downmix(data))
     if file_rate != sample_rate:
         audio = resample(audio, file_rate, sample_rate)
     return audio.contiguous()
 
 
+@contextlib.contextmanager
+def _quiet_decoders():
+    """Silence C decoders (libmpg123 prints 'Illegal Audio-MPEG-Header', 'Xing stream size off') that write to
+    file descriptor 2 directly; Python's own stderr is restored afterwards. A no-op without a real stderr."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # captured or replaced stderr (pytest, notebooks)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
 def _read(path: Path) -> tuple[np.ndarray, int]:
     """Decode a file to `([channels, N] float32, sample_rate)`; soundfile first, librosa second."""
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with _quiet_decoders():
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
         return np.ascontiguousarray(data.T), int(rate)
     except Exception as sf_error:  # libsndfile raises several types for corrupt input
         first_error = sf_error
     try:
         import librosa
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_decoders():
             # librosa warns when it falls back to audioread; that is exactly what we want here.
             warnings.simplefilter("ignore")
             data, rate = librosa.load(str(path), sr=None, mono=False, dtype=np.float32)
     except Exception as fallback_error:
+        first = _short(first_error)
+        if path.is_file() and "does not exist" in first:  # libsndfile's words for a file it cannot decode
+            first = "not a decodable audio file"
         raise AudioError(
-            f"{path}: unreadable or corrupt audio file ({_short(first_error)}; "
-            f"fallback decoder: {_short(fallback_error)})"
+            f"{path}: unreadable or corrupt audio file ({first}; fallback decoder: {_short(fallback_error)})"
         ) from fallback_error
     data = np.atleast_2d(np.asarray(data, dtype=np.float32))
     logger.debug("%s: decoded with librosa/audioread after soundfile failed: %s", path, first_error)

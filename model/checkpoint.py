@@ -183,7 +183,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # any unpickling failure becomes one clear line
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        # torch's own text (first sentence only) may advise weights_only=False, which is not for untrusted files
+        first = str(exc).strip().splitlines()[0].split(". ")[0][:160] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated or not a torch file; "
+                              f"{type(exc).__name__}{': ' + first if first else ''})") from exc
     if not isinstance(ckpt, dict) or "config" not in ckpt or "format_version" not in ckpt:
         raise CheckpointError(f"{path}: not a djmix checkpoint (no config/format_version)")
     if ckpt["format_version"] > FORMAT_VERSION:

@@ -58,14 +58,16 @@ def test_save_accepts_1d_and_creates_folders(tmp_path, rng):
 
 def test_six_channel_downmix(tmp_path):
     n = SR // 10
+    tone = np.sin(2 * np.pi * 441.0 * np.arange(n) / SR)  # whole cycles: no DC
     data = np.zeros((6, n), np.float32)
-    data[0] = 0.5  # left only
-    data[2] = 0.25  # centre goes to both sides
-    data[3] = 0.9  # LFE is dropped
+    data[0] = 0.5 * tone  # left only
+    data[2] = 0.25 * tone  # centre goes to both sides
+    data[3] = 0.9 * tone  # LFE is dropped
     sf.write(tmp_path / "s.wav", data.T, SR, subtype="FLOAT")
     back = load_audio(tmp_path / "s.wav").numpy()
     assert back.shape == (2, n)
-    assert back[0, 0] > back[1, 0] > 0  # left louder than right, centre present in both
+    level = np.sqrt((back**2).mean(axis=1))
+    assert level[0] > level[1] > 0  # left louder than right, centre present in both
     # A signal equal in every channel keeps its level and nothing clips.
     same = np.full((6, 8), 0.7, np.float32)
     assert np.allclose(downmix(same), 0.7, atol=1e-6)
@@ -105,6 +107,36 @@ def test_resample_a_rate_coprime_with_44k1_is_light(tmp_path, monkeypatch, sr_in
 def test_missing_file(tmp_path):
     with pytest.raises(AudioError, match="nope.wav.*not found"):
         load_audio(tmp_path / "nope.wav")
+
+
+def test_a_corrupt_mp3_is_one_quiet_line(tmp_path):
+    """libmpg123 writes its notes to file descriptor 2 itself; the error must still be the only line."""
+    import subprocess
+    import sys
+
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    code = ("import sys\nfrom data.audio import AudioError, load_audio\ntry:\n    load_audio(sys.argv[1])\n"
+            "except AudioError as e:\n    print('error:', e, file=sys.stderr)\n")
+    run = subprocess.run([sys.executable, "-c", code, str(junk)], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    lines = [x for x in run.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "junk.mp3: unreadable or corrupt audio file" in lines[0], run.stderr
+    assert "does not exist" not in lines[0]
+
+
+def test_a_dc_offset_is_removed(tmp_path, caplog):
+    t = np.arange(SR) / SR
+    x = 0.3 * np.sin(2 * np.pi * 440.0 * t)
+    sf.write(tmp_path / "dc.wav", np.stack([x + 0.4, x - 0.1], 1), SR, subtype="FLOAT")
+    back = load_audio(tmp_path / "dc.wav").numpy()
+    assert np.abs(back.mean(axis=1)).max() < 1e-6 and "DC offset of 0.400" in caplog.text
+    assert np.allclose(back[0], x - x.mean(), atol=1e-6)
+    sf.write(tmp_path / "plain.wav", np.stack([x, x], 1), SR, subtype="FLOAT")
+    assert np.array_equal(load_audio(tmp_path / "plain.wav").numpy()[0], x.astype(np.float32))  # untouched
+    sf.write(tmp_path / "only_dc.wav", np.full((SR, 2), 0.25), SR, subtype="FLOAT")
+    with pytest.raises(AudioError, match="silent"):
+        load_audio(tmp_path / "only_dc.wav")
 
 
 def test_zero_length_file(tmp_path):

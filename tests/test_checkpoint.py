@@ -21,6 +21,7 @@ from model import (
     load_model,
     save_checkpoint,
 )
+from model.checkpoint import read_checkpoint
 
 P = 58
 
@@ -227,3 +228,14 @@ def test_export_cli_writes_half_weights_and_fails_in_one_line(tmp_path, caplog):
     assert ckpt_mod.main([str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 1
     err = caplog.records[-1].getMessage()
     assert err.startswith("error:") and "missing.pt" in err and "\n" not in err and not (tmp_path / "x.pt").exists()
+
+
+def test_a_corrupt_file_is_named_without_torchs_advice(tmp_path):
+    """torch's message for a random file advises weights_only=False (unsafe for untrusted files): not repeated."""
+    garbage = tmp_path / "last.pt"
+    garbage.write_bytes(bytes(range(256)) * 12)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(garbage)
+    text = str(info.value)
+    assert text.startswith(f"{garbage}: not a readable checkpoint (corrupt, truncated or not a torch file")
+    assert "weights_only" not in text and "\n" not in text

@@ -200,6 +200,12 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
+def test_steps_beyond_the_schedule_are_recorded_as_taken(tiny_checkpoint):
+    planner = I._planner(tiny_checkpoint)
+    cap = planner.model.config.diffusion.train_timesteps
+    assert I._steps_used(planner, 10**6) == cap and I._steps_used(planner, 7) == 7
+
+
 def test_model_checkpoint_samples_deterministically(work, tiny_checkpoint):
     runs = [run_api(work, model=tiny_checkpoint, steps=2, bars=4, context=2.0, seed=seed) for seed in (3, 3, 4)]
     first, again, other = runs
