@@ -231,10 +231,11 @@ def make_clip(
     )
 
 
-# The drum lock refines a placement that the beat grids and the plan's kick-lock already made: it searches
-# +- this share of the faster track's beat (every correct lock measured moved B by 0-6 ms, while a search of
-# +-1 beat let leaked hats or a half/double-time pattern move B a third of a beat or a whole fast beat).
-DRUM_LOCK_SEARCH = 0.25
+# The drum lock refines the placement that the beat grids and the plan's kick-lock made: it searches +- this
+# share of the faster track's beat. Enough to undo a grid read half a beat off (a kick-less intro can do that);
+# never a whole fast beat, which aligns the beats just as well and only moves the bars (with +-1 beat, 87/174 BPM
+# pairs lost their bar alignment by one fast beat; every correct lock measured moved B by 0-6 ms).
+DRUM_LOCK_SEARCH = 0.6
 # A drum stem whose kick band sounds this far below the other's has no kicks to lock to (a kick-less intro: its
 # "onsets" are hi-hat leakage through the low-pass, which the normalised correlation would score as well).
 DRUM_LOCK_GAP_DB = 30.0
@@ -262,7 +263,7 @@ def drum_lock(stems_a: torch.Tensor, stems_b: torch.Tensor, blend_start: float, 
     if min(levels) <= max(levels) * 10.0 ** (-DRUM_LOCK_GAP_DB / 20.0):
         logger.debug("drum-lock skipped: kick bands %.1f / %.1f dBFS", *(20 * np.log10(max(v, 1e-12)) for v in levels))
         return KickLock(0.0, 0.0, 0.0)
-    search = DRUM_LOCK_SEARCH * min(1.0, octave_factor)  # in A's beats: a quarter of the faster beat
+    search = DRUM_LOCK_SEARCH * min(1.0, octave_factor)  # in A's beats
     return kick_lock_search(stems_a[drums], stems_b[drums], sample_rate, blend_start, blend_start, bpm,
                             search_beats=search, window_beats=beats)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.clips import Clip, crossfade_seconds, drum_lock, splice, stretch, track_b_audio
+from data.clips import DRUM_LOCK_SEARCH, Clip, crossfade_seconds, drum_lock, splice, stretch, track_b_audio
 from data.cues import CuePlan
 
 SR = 44_100
@@ -73,6 +73,17 @@ def test_drum_lock_ignores_a_drum_stem_without_kicks():
     assert not lock.trusted and lock.offset == 0.0
 
 
+def test_drum_lock_undoes_a_grid_read_half_a_beat_off():
+    bpm = 126.0
+    half = 30.0 / bpm
+    a = torch.zeros(4, 2, 20 * SR)
+    b = torch.zeros(4, 2, 20 * SR)
+    a[0] = kicks(20.0, bpm, 1.0)
+    b[0] = kicks(20.0, bpm, 1.0 + half)  # B's kicks half a beat late
+    lock = drum_lock(a, b, 2.0, 18.0, bpm)
+    assert lock.trusted and lock.offset == pytest.approx(-half, abs=0.002)
+
+
 @pytest.mark.parametrize("octave_factor, bpm_b", [(0.5, 174.0), (2.0, 43.5)])
 def test_drum_lock_refines_but_never_rephases_a_half_or_double_time_pair(octave_factor, bpm_b):
     """87 BPM against B at twice (or half) the tempo: a small residual is found, a whole fast beat is not taken."""
@@ -84,7 +95,7 @@ def test_drum_lock_refines_but_never_rephases_a_half_or_double_time_pair(octave_
         b = torch.zeros(4, 2, 20 * SR)
         b[0] = kicks(20.0, bpm_b, 1.0 + residual)
         lock = drum_lock(a, b, 2.0, 18.0, bpm, octave_factor=octave_factor)
-        assert abs(lock.offset) <= 0.25 * fast_beat + 1e-3  # a quarter of the faster beat at most
+        assert abs(lock.offset) <= DRUM_LOCK_SEARCH * fast_beat + 1e-3  # never a whole fast beat
         if expected:
             assert lock.trusted and lock.offset == pytest.approx(expected, abs=0.001)
 
