@@ -265,9 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             from data.audio import AudioError, load_audio
 
             try:
-                audio, rate = load_audio(args.audio, allow_silence=True).numpy(), doc["sample_rate"]
+                audio, rate = load_audio(args.audio, sample_rate=doc["sample_rate"], allow_silence=True).numpy(), \
+                    doc["sample_rate"]
             except AudioError as error:
                 raise ParamsError(str(error)) from None
+            expected = doc["audio"].get("n_samples") or (doc["audio"].get("duration_s") or 0.0) * rate
+            if expected and abs(audio.shape[-1] - expected) > 0.01 * rate:  # another file than the params describe
+                raise ParamsError(f"{args.audio}: lasts {audio.shape[-1] / rate:.2f} s but {args.params} describes "
+                                  f"{expected / rate:.2f} s of audio; give the transition these params belong to")
         written = []
         if args.summary:
             summary = Path(args.summary)

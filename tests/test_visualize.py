@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 import visualize
 from data.audio import save_audio
@@ -93,6 +94,17 @@ def test_cli_rejects_unreadable_audio(params_file, tmp_path, capsys):
     bad.write_bytes(b"RIFF not really a wave file")
     assert visualize.main([str(path), "-o", str(tmp_path / "plot.png"), "--audio", str(bad)]) == 1
     assert "bad.wav" in capsys.readouterr().err
+    assert not (tmp_path / "plot.png").exists()
+
+
+def test_cli_rejects_audio_of_another_length_than_the_params(params_file, tmp_path, capsys):
+    path, wav = params_file
+    x, sr = sf.read(wav, dtype="float32")
+    other = tmp_path / "other.wav"
+    sf.write(other, np.concatenate([x, x]), sr, subtype="FLOAT")  # twice as long: not this transition
+    assert visualize.main([str(path), "-o", str(tmp_path / "plot.png"), "--audio", str(other)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "other.wav: lasts" in err and "\n" not in err
     assert not (tmp_path / "plot.png").exists()
 
 
