@@ -297,13 +297,36 @@ def energy_curve(audio, sample_rate: int, rate: float = ENERGY_RATE) -> np.ndarr
     Returns:
         `[ceil(N * rate / sample_rate)]` float32, linear RMS (channel powers averaged).
     """
-    x = _as_channels(audio).astype(np.float64)
+    x = _as_channels(audio)
     hop = sample_rate / rate
     n_frames = int(np.ceil(x.shape[1] / hop))
     edges = np.minimum(np.round(np.arange(n_frames + 1) * hop).astype(np.int64), x.shape[1])
-    power = np.concatenate([[0.0], np.cumsum(np.mean(x * x, axis=0))])
+    power = _running_sums(x.shape[1], edges, lambda c0, c1: np.mean(np.square(x[:, c0:c1], dtype=np.float64), axis=0))
     counts = np.maximum(np.diff(edges), 1)
-    return np.sqrt(np.maximum(np.diff(power[edges]) / counts, 0.0)).astype(np.float32)
+    return np.sqrt(np.maximum(np.diff(power) / counts, 0.0)).astype(np.float32)
+
+
+_SUM_CHUNK = 1 << 20  # samples per chunk of the running sums (bounds memory on hour-long DJ mixes)
+
+
+def _running_sums(n: int, positions: np.ndarray, values) -> np.ndarray:
+    """S(p) = sum of v[:p] at each of `positions` (non-decreasing, in [0, n]) for a length-n sequence given chunk
+    by chunk, in order: values(c0, c1) -> v[c0:c1] as float64 `[..., c1 - c0]`. Returns `[..., len(positions)]`.
+    In chunks of _SUM_CHUNK samples, so a long signal never needs a full-length float64 copy."""
+    positions = np.asarray(positions, dtype=np.int64)
+    out, total = None, None
+    j = int(np.searchsorted(positions, 0, side="right"))  # S(0) = 0
+    for c0 in range(0, n, _SUM_CHUNK):
+        c1 = min(n, c0 + _SUM_CHUNK)
+        cs = np.cumsum(values(c0, c1), axis=-1)
+        if out is None:
+            out = np.zeros((*cs.shape[:-1], len(positions)))
+            total = np.zeros(cs.shape[:-1])
+        cs += total[..., None]
+        k = int(np.searchsorted(positions, c1, side="right"))
+        out[..., j:k] = cs[..., positions[j:k] - c0 - 1]
+        j, total = k, cs[..., -1]
+    return out if out is not None else np.zeros(len(positions))
 
 
 def k_weighting(sample_rate: int) -> np.ndarray:
@@ -343,14 +366,23 @@ def integrated_loudness(audio, sample_rate: int) -> float:
         LUFS; `LUFS_FLOOR` (-70) when nothing passes the absolute gate or the audio is shorter
         than one block.
     """
-    x = _as_channels(audio).astype(np.float64)
-    y = scipy.signal.sosfilt(k_weighting(sample_rate), x, axis=-1)
+    x = _as_channels(audio)
     block, step = int(round(0.4 * sample_rate)), int(round(0.1 * sample_rate))
-    if y.shape[1] < block:
+    if x.shape[1] < block:
         return LUFS_FLOOR
-    csum = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(y * y, axis=1)], axis=1)
-    starts = np.arange(0, y.shape[1] - block + 1, step)
-    z = (csum[:, starts + block] - csum[:, starts]) / block  # [C, n_blocks] mean square
+    sos = k_weighting(sample_rate)
+    state = np.zeros((sos.shape[0], x.shape[0], 2))
+
+    def weighted_power(c0: int, c1: int) -> np.ndarray:  # K-weighted, chunk by chunk (the filter state carried)
+        nonlocal state
+        y, state = scipy.signal.sosfilt(sos, x[:, c0:c1].astype(np.float64), axis=-1, zi=state)
+        return y * y
+
+    starts = np.arange(0, x.shape[1] - block + 1, step)
+    positions = np.unique(np.concatenate([starts, starts + block]))
+    csum = _running_sums(x.shape[1], positions, weighted_power)  # [C, len(positions)]
+    ends_at, starts_at = np.searchsorted(positions, starts + block), np.searchsorted(positions, starts)
+    z = (csum[:, ends_at] - csum[:, starts_at]) / block  # [C, n_blocks] mean square
     block_loudness = -0.691 + 10.0 * np.log10(np.maximum(z.sum(0), 1e-30))
     gated = block_loudness > -70.0
     if not gated.any():

@@ -131,6 +131,23 @@ def test_lufs_matches_pyloudnorm(tracks, rng, sample_rate):
     assert abs(ours - reference) < 0.1, (ours, reference)
 
 
+def test_running_sums_in_chunks_are_the_cumulative_sums(monkeypatch, rng):
+    """The loudness and energy are summed in chunks (an hour-long DJ mix needs no full-length float64 copy)."""
+    import data.analysis as analysis
+
+    monkeypatch.setattr(analysis, "_SUM_CHUNK", 1000)  # many chunks, positions on and off their edges
+    v = rng.standard_normal((2, 10_507))
+    positions = np.array([0, 0, 1, 999, 1000, 1001, 5000, 10_506, 10_507])
+    sums = analysis._running_sums(v.shape[1], positions, lambda c0, c1: v[:, c0:c1])
+    expected = np.concatenate([np.zeros((2, 1)), np.cumsum(v, axis=1)], axis=1)[:, positions]
+    assert np.allclose(sums, expected, atol=1e-9)
+    x = (rng.standard_normal((2, 3 * SR)) * 0.1).astype(np.float32)
+    chunked = analysis.integrated_loudness(x, SR), analysis.energy_curve(x, SR)
+    monkeypatch.setattr(analysis, "_SUM_CHUNK", 1 << 30)  # one chunk: the plain computation
+    assert chunked[0] == pytest.approx(analysis.integrated_loudness(x, SR), abs=1e-9)
+    assert np.allclose(chunked[1], analysis.energy_curve(x, SR), rtol=1e-6)
+
+
 def test_lufs_of_silence_and_mono(rng):
     assert integrated_loudness(np.zeros((2, SR)), SR) == -70.0
     tone = (0.5 * np.sin(2 * np.pi * 1000 * np.arange(5 * SR) / SR)).astype(np.float32)
