@@ -79,7 +79,8 @@ KEY_SCORES = {
 }
 KEY_COMPATIBLE = 0.8  # at or above: "compatible" (the auto-DJ notes reject anything below)
 KEY_WORKABLE = 0.5  # at or above: "workable", below: "poor"
-KEY_MIN_CONFIDENCE = 0.2  # key_confidence below this marks a key warning as unsure
+KEY_MIN_CONFIDENCE = 0.5  # key_confidence below this marks a key warning as unsure (wrong keys read 0.44-0.45 on
+# sparse tracks of an independent synthesiser, right ones 0.78-0.94)
 
 # Without an outro label: among the last CALM_LOOKBACK + 1 phrases that fit, the latest one whose
 # energy is within CALM_TOLERANCE of the calmest of them. Relative, because tracks differ in how

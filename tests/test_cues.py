@@ -6,6 +6,7 @@ expected value is known exactly and the whole file runs in a few seconds.
 
 import logging
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -244,6 +245,11 @@ def test_warnings_for_poor_key_and_far_tempo():
     double = make_analysis(64, bpm=256.0, key="8A")
     plan = select_cues(TRACK_A, double, bars=8)
     assert plan.octave_factor == 0.5 and plan.tempo_ratio == pytest.approx(1.0) and plan.bpm_ok
+    # a key read with low confidence (a sparse track's 0.45) makes the clash a note, not an alarm
+    shaky = replace(far, key_confidence=0.45)
+    assert any(w.endswith("(key estimate unsure)") for w in select_cues(TRACK_A, shaky, bars=8).warnings)
+    assert not any("unsure" in w for w in select_cues(TRACK_A, replace(far, key_confidence=0.8), bars=8).warnings
+                   if "key" in w)
 
 
 # --------------------------------------------------------------------------- audio helpers
