@@ -508,6 +508,25 @@ def numbered_checkpoints(folder: Path) -> list[Path]:
                                  if p.stem.split("_")[1].isdigit())]
 
 
+def _auto_resume(out: Path) -> tuple[Path | None, dict | None]:
+    """--resume auto: (path, checkpoint) of out/last.pt, or of the newest readable checkpoint_N.pt when last.pt
+    is unreadable (a disk fault, a copy cut short), with a warning; (None, None) for a fresh run."""
+    last = out / "last.pt"
+    if not last.is_file():
+        return None, None
+    try:
+        return last, read_checkpoint(last)
+    except CheckpointError as error:
+        for path in reversed(numbered_checkpoints(out)):
+            try:
+                saved = read_checkpoint(path)
+            except CheckpointError:
+                continue
+            log.warning("%s; resuming from %s instead", str(error).split(" (")[0], path.name)
+            return path, saved
+        raise CheckpointError(f"{error} (and no readable checkpoint_N.pt in {out} to resume from)") from None
+
+
 def prune_checkpoints(folder: Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoint_{step}.pt."""
     numbered = numbered_checkpoints(folder)
@@ -685,13 +704,13 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     master = rank == 0
 
     # Resume point: read (and check) the checkpoint before anything is written.
-    resume_path = None
+    resume_path, saved = None, None
     if args.resume == "auto":
-        resume_path = out / "last.pt" if (out / "last.pt").is_file() else None
+        resume_path, saved = _auto_resume(out)
         log.info("--resume auto: %s", resume_path or f"no {out / 'last.pt'} yet, starting fresh")
     elif args.resume:
         resume_path = Path(args.resume)
-    saved = read_checkpoint(resume_path) if resume_path else None
+        saved = read_checkpoint(resume_path)
     saved_extra = dict(saved.get("extra") or {}) if saved else {}
     fill_run_flags(args, dict(saved_extra.get("run") or {}))
     init, new_parts = None, ()

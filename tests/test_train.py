@@ -111,6 +111,18 @@ def test_resume_auto_picks_last_pt(tmp_path, cache, caplog):
     assert load(out / "last.pt")["step"] == 3
 
 
+def test_resume_auto_falls_back_to_the_newest_readable_checkpoint(tmp_path, cache, caplog):
+    out = tmp_path / "run"
+    common = ("--steps", "6", "--save-every", "1", "--keep", "5", "--val-every", "100")
+    assert train.main(tiny_args(out, cache, *common, "--stop-after", "3")) == 0
+    (out / "last.pt").unlink()  # (it may be a hard link of checkpoint_3.pt: replace, do not overwrite in place)
+    (out / "last.pt").write_bytes(b"\x00" * 1000)  # a copy cut short
+    with caplog.at_level("INFO", logger="train"):
+        assert train.main(tiny_args(out, cache, *common, "--resume", "auto", "--stop-after", "1")) == 0
+    assert "resuming from checkpoint_3.pt instead" in caplog.text
+    assert [r["step"] for r in records(out)] == [1, 2, 3, 4] and load(out / "last.pt")["step"] == 4
+
+
 def test_resume_auto_without_a_checkpoint_starts_fresh(tmp_path, cache):
     out = tmp_path / "fresh"
     assert train.main(tiny_args(out, cache, "--steps", "2", "--resume", "auto", "--val-every", "100")) == 0
