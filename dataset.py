@@ -31,6 +31,11 @@ from effects.params import FULL, SAMPLE_RATE, STEMS, get_layout
 from model.checkpoint import atomic_save
 from model.conditioning import N_KEYS, TrackFeatures
 
+
+class DataError(ValueError):
+    """A pair on disk that cannot be trained on (train.py reports it as one line)."""
+
+
 MAX_SEED = 2**63 - 1  # numpy's and torch's generators take 0..2^63-1
 
 
@@ -249,6 +254,8 @@ class TransitionDataset(Dataset):
         curves = None
         if params_path.is_file():
             full = torch.from_numpy(np.load(params_path)).float()
+            if not torch.isfinite(full).all():  # one NaN would turn every weight NaN at the first step
+                raise DataError(f"{params_path}: non-finite values (NaN or Inf); remake or remove this pair")
             stored = get_layout(meta.get("layout", "full"))
             curves = stored.to_full(full) if stored is not self.layout else full
             if self.layout is not FULL and stored is not self.layout:

@@ -1192,7 +1192,7 @@ def evaluate(args: argparse.Namespace) -> str:
         methods += ["model"] + (["model_best"] if k > 1 else [])
     labels = {**LABELS, "model_best": LABELS["model_best"].format(k=k)}
     mixer = DifferentiableDJMixer().to(device)
-    n_frames = int(manifest.get("n_frames", 128))
+    n_frames = int(manifest.get("n_frames") or 128)  # a --transitions folder records none (each pair has its own)
 
     from tqdm.auto import tqdm
 
@@ -1205,21 +1205,26 @@ def evaluate(args: argparse.Namespace) -> str:
             log.warning("skipped %s: %s", entry.get("id"), error)
             skipped.append(entry.get("id"))
             continue
-        curves = baseline_curves(pair.context, seed=args.seed)
-        if model is not None:
-            samples = model_curves(model, pair, k, args.steps, args.guidance, seed=args.seed * 1_000_003 + index)
-        source = analyse_sources(pair.stems_a, pair.stems_b, pair.bpm, pair.blend, bpm_b=pair.bpm_b)
-        names = list(curves)
-        sets = [curves[m] for m in names]
-        if model is not None:
-            names += [f"model#{i}" for i in range(k)]
-            sets += list(samples)
-        if pair.teacher is not None:
-            names.append("teacher")
-            sets.append(pair.teacher)
-            with_teacher = True
-        scores = dict(zip(names, score_curves(mixer, pair.stems_a, pair.stems_b, sets, pair.bpm, pair.blend,
-                                              teacher=pair.teacher, source=source)))
+        try:  # a pair whose geometry the metrics cannot take (a cut with no blend) is skipped, not the run
+            curves = baseline_curves(pair.context, seed=args.seed)
+            if model is not None:
+                samples = model_curves(model, pair, k, args.steps, args.guidance, seed=args.seed * 1_000_003 + index)
+            source = analyse_sources(pair.stems_a, pair.stems_b, pair.bpm, pair.blend, bpm_b=pair.bpm_b)
+            names = list(curves)
+            sets = [curves[m] for m in names]
+            if model is not None:
+                names += [f"model#{i}" for i in range(k)]
+                sets += list(samples)
+            if pair.teacher is not None:
+                names.append("teacher")
+                sets.append(pair.teacher)
+            scores = dict(zip(names, score_curves(mixer, pair.stems_a, pair.stems_b, sets, pair.bpm, pair.blend,
+                                                  teacher=pair.teacher, source=source)))
+        except ValueError as error:
+            log.warning("skipped %s: %s", pair.id, error)
+            skipped.append(pair.id)
+            continue
+        with_teacher = with_teacher or pair.teacher is not None
         if model is not None:
             candidates = [scores.pop(f"model#{i}") for i in range(k)]
             scores["model"] = candidates[0]
@@ -1243,7 +1248,8 @@ def evaluate(args: argparse.Namespace) -> str:
     header = f"Evaluation on {n_pairs} pair(s) of `{root}` split `{args.split}`; {source_line}."
     text = markdown_table(summary, labels, header) + head_to_head_table(summary, labels, rows=rows)
     if skipped:
-        text += f"\n{len(skipped)} pair(s) could not be read and were skipped: {', '.join(map(str, skipped))}\n"
+        text += (f"\n{len(skipped)} pair(s) could not be read or scored and were skipped: "
+                 f"{', '.join(map(str, skipped))}\n")
     _atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text), ".md")
     write_csv(out / "results.csv", rows)
     plot_metrics(out / "metrics.png", rows, methods, labels)

@@ -64,6 +64,7 @@ from dataset import (
     STYLE_LABELS,
     TEACHER_REVISIONS,
     TEACHERS,
+    DataError,
     KindWeighted,
     SyntheticDataset,
     TransitionDataset,
@@ -107,6 +108,10 @@ _PATH_FLAGS = ("data", "synthetic_cache")
 
 class UsageError(Exception):
     """Bad input (flags, data folder): main prints the message as one line and exits with status 2."""
+
+
+class TrainingError(Exception):
+    """Training cannot go on (non-finite gradients): one line, exit status 1, the checkpoints kept as they were."""
 
 
 # -- arguments and config ----------------------------------------------------------------------------------------
@@ -808,6 +813,14 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
                 path.unlink()
             if old:
                 log.info("--overwrite: deleted %s of the previous run in %s", ", ".join(p.name for p in old), out)
+        # Temporaries of saves a kill interrupted (.last.pt.x1y2.tmp, up to a checkpoint's size each): no process of
+        # this run writes any yet, so every one left is stale.
+        stale = [p for pattern in (".last.pt.*.tmp", ".best.pt.*.tmp", ".checkpoint_*.pt.*.tmp", ".config.json.*.tmp",
+                                   ".metrics.jsonl.*.tmp") for p in out.glob(pattern) if p.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d temporary file(s) of interrupted saves in %s", len(stale), out)
         config_json = {**config_to_dict(cfg), "run": {**run_flags(args), "world_size": world,
                                                       "device": str(device)}}
         fd, tmp = tempfile.mkstemp(dir=out, prefix=".config.json.", suffix=".tmp")
@@ -855,6 +868,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     n_summed, busy, rate = 0, 0.0, None  # busy: seconds spent in steps (data + compute) since the last log
     batches = iter(loader)
     bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True, disable=not master)
+    cleanup.callback(bar.close)  # an error line after the bar starts on a line of its own
     with StopSignal() as stop, logging_redirect_tqdm():
         while step < tc.steps:
             t0 = time.perf_counter()
@@ -871,6 +885,9 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
                     (losses["loss"] / args.grad_accum).backward()
                 sums[:5] += torch.stack([losses[k].detach().float() for k in LOGGED_LOSSES]) / args.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+            if not torch.isfinite(grad_norm):  # stop before the weights (and then every checkpoint) turn NaN
+                raise TrainingError(f"non-finite gradients at step {step + 1} (a pair with NaN/Inf values, or a "
+                                    f"learning rate too high); the checkpoints in {out} are from before it")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -949,6 +966,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, CheckpointError) as exc:
         print(f"train.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except (TrainingError, DataError) as exc:
+        print(f"train.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except OSError as exc:  # a full disk or lost permissions mid-run: one line (last.pt stays the last good one)
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 1

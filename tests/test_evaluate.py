@@ -481,6 +481,23 @@ def test_cli_end_to_end_on_a_small_folder(tmp_path, capsys):
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_pair_the_metrics_cannot_score_is_skipped_and_a_manifest_without_n_frames_reads(tmp_path, capsys):
+    """A real-mix folder (pipeline.py --transitions) records no n_frames; a hard cut fitted with no blend must
+    not stop the run."""
+    data = make_processed(tmp_path / "processed", n_pairs=2)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["n_frames"] = None
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    meta = json.loads((data / "pair_1" / "analysis.json").read_text())
+    meta["clip"]["blend_end"] = meta["clip"]["blend_start"]  # a cut: zero-length blend
+    meta["context"]["blend_end"] = meta["context"]["blend_start"]
+    (data / "pair_1" / "analysis.json").write_text(json.dumps(meta))
+    out = tmp_path / "eval"
+    assert ev.main(["--data", str(data), "--out", str(out)]) == 0
+    assert {r["pair"] for r in read_rows(out / "results.csv")} == {"pair_0"}
+    assert "1 pair(s) could not be read or scored and were skipped: pair_1" in (out / "results.md").read_text()
+
+
 def test_cli_baselines_only_and_bad_input(tmp_path, capsys):
     data = make_processed(tmp_path / "processed", n_pairs=1)
     out = tmp_path / "eval"

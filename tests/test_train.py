@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,10 +118,44 @@ def test_resume_auto_falls_back_to_the_newest_readable_checkpoint(tmp_path, cach
     assert train.main(tiny_args(out, cache, *common, "--stop-after", "3")) == 0
     (out / "last.pt").unlink()  # (it may be a hard link of checkpoint_3.pt: replace, do not overwrite in place)
     (out / "last.pt").write_bytes(b"\x00" * 1000)  # a copy cut short
+    (out / ".last.pt.k1ll3d.tmp").write_bytes(b"\x00" * 1000)  # a save a kill interrupted
     with caplog.at_level("INFO", logger="train"):
         assert train.main(tiny_args(out, cache, *common, "--resume", "auto", "--stop-after", "1")) == 0
     assert "resuming from checkpoint_3.pt instead" in caplog.text
     assert [r["step"] for r in records(out)] == [1, 2, 3, 4] and load(out / "last.pt")["step"] == 4
+    assert not list(out.glob(".*.tmp"))  # stale temporaries removed
+
+
+def test_non_finite_gradients_stop_the_run_before_the_weights_turn_nan(tmp_path, cache, monkeypatch, capsys):
+    out = tmp_path / "run"
+    common = ("--steps", "6", "--save-every", "1", "--val-every", "100")
+    assert train.main(tiny_args(out, cache, *common, "--stop-after", "2")) == 0
+    before = (out / "last.pt").read_bytes()
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: real(*a, **k) * float("nan"))
+    assert train.main(tiny_args(out, cache, *common, "--resume", "auto")) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("train.py: error: non-finite gradients at step 3"), err
+    assert (out / "last.pt").read_bytes() == before  # the last good checkpoint stays
+
+
+def test_a_pair_with_nan_curves_is_named_not_trained_on(tmp_path, capsys):
+    import pipeline
+
+    data = tmp_path / "processed"
+    assert pipeline.main(["--synthetic", "4", "--output", str(data), "--duration", "14", "--bars", "4",
+                          "--n-frames", "32", "--all-to", "train", "--max", "2", "--seed", "3"]) == 0
+    pair = sorted(data.glob("pair_*"))[0]
+    curves = np.load(pair / "params.npy")
+    curves[3, 5] = np.nan
+    np.save(pair / "params.npy", curves)
+    args = ["--data", str(data), "--model-size", "tiny", "--config", "model.n_mels=32", "--config",
+            "model.n_frames=32", "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--steps", "2",
+            "--val-every", "100", "--output", str(tmp_path / "run")]
+    assert train.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("train.py: error: ") and "params.npy: non-finite values" in err, err
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_resume_auto_without_a_checkpoint_starts_fresh(tmp_path, cache):
