@@ -173,7 +173,17 @@ def _read_cues(path: Path) -> dict:
     known = {"a_time", "b_time", "mix_b_start", "mix_a_end"}
     if not isinstance(cues, dict) or set(cues) - known:
         raise ValueError(f"{path}: cue keys must be among {sorted(known)}, got {cues!r}")
-    return {k: float(v) for k, v in cues.items() if v is not None}
+    out = {}
+    for key, value in cues.items():
+        if value is None:
+            continue
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            out[key] = math.nan
+        if isinstance(value, bool) or not math.isfinite(out[key]):
+            raise ValueError(f"{path}: cue {key!r} must be a number of seconds, got {value!r}")
+    return out
 
 
 def transition_folder(folder: Path) -> TransitionFiles:
@@ -193,8 +203,11 @@ def parse_time(text: str) -> float:
     text = text.strip()
     if not re.fullmatch(r"\d+(\.\d*)?|(\d+:)?\d{1,2}:\d{1,2}(\.\d*)?", text):
         raise ValueError(f"bad timestamp {text!r} (use seconds, mm:ss or hh:mm:ss)")
+    parts = text.split(":")
+    if any(float(part) >= 60 for part in parts[1:]):  # '1:75' is a typo, not 135 s
+        raise ValueError(f"bad timestamp {text!r} (minutes and seconds after a ':' must be below 60)")
     seconds = 0.0
-    for part in text.split(":"):
+    for part in parts:
         seconds = seconds * 60 + float(part)
     return seconds
 
@@ -224,6 +237,8 @@ def read_tracklist(csv_path: Path, mix: Path, sources: Path | None = None, befor
                 raise ValueError(f"{csv_path}:{line}: source track {name!r} not found in {csv_path.parent} "
                                  f"or {sources}")
             rows.append((start, path))
+    if len(rows) < 2:
+        raise ValueError(f"{csv_path}: a tracklist needs at least two rows to hold a transition, got {len(rows)}")
     rows.sort(key=lambda r: r[0])
     out = []
     for i, ((_, a), (start_b, b)) in enumerate(zip(rows[:-1], rows[1:])):

@@ -127,6 +127,14 @@ def test_find_transitions_in_both_input_forms(tmp_path):
     (per / "y" / "cues.json").write_text(json.dumps({"when": 3}))
     with pytest.raises(ValueError, match="cue keys"):
         find_transitions(per)
+    for bad in ([1], "abc", True):  # a traceback or a message without the file, before
+        (per / "y" / "cues.json").write_text(json.dumps({"a_time": bad}))
+        with pytest.raises(ValueError, match=r"cues.json: cue 'a_time' must be a number of seconds"):
+            find_transitions(per)
+    (per / "y" / "cues.json").write_text('{"a_time": NaN}')
+    with pytest.raises(ValueError, match="must be a number of seconds"):
+        find_transitions(per)
+    (per / "y" / "cues.json").unlink()
 
     whole = tmp_path / "whole"
     _noise(whole / "mix.flac", 3.0)
@@ -145,6 +153,11 @@ def test_find_transitions_in_both_input_forms(tmp_path):
         find_transitions(whole)
     (whole / "tracklist.csv").write_text("start,file\n0:00,one.wav\n60,missing.wav\n")
     with pytest.raises(ValueError, match="missing.wav"):
+        find_transitions(whole)
+    with pytest.raises(ValueError, match="below 60"):  # a typo, not 135 s
+        parse_time("1:75")
+    (whole / "tracklist.csv").write_text("start,file\n0:00,one.wav\n")
+    with pytest.raises(ValueError, match="at least two rows"):
         find_transitions(whole)
 
 
