@@ -461,7 +461,8 @@ def preserved_rng():
 
 
 class StopSignal:
-    """SIGINT/SIGTERM set `received`; the loop saves a checkpoint and exits 0. A second signal aborts."""
+    """SIGINT/SIGTERM set `received`; the loop finishes the step (and a validation due at it), saves a checkpoint
+    and exits 0. A second signal aborts."""
 
     def __init__(self):
         self.received: int | None = None
@@ -921,7 +922,9 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
                 signalled = bool(flag.item())
             stopping = signalled or (args.stop_after is not None and step - first_step >= args.stop_after)
             improved = False
-            if val_loader is not None and not signalled and (step % args.val_every == 0 or step == tc.steps):
+            # A due validation runs even after a signal: a resumed run starts past this step and would never
+            # validate it (best.pt and metrics.jsonl would differ from an uninterrupted run's).
+            if val_loader is not None and (step % args.val_every == 0 or step == tc.steps):
                 val = evaluate({"loss": net, "ema_loss": ema.module}, val_loader, device, cfg, world, amp)
                 improved = val["ema_loss"] < best
                 if improved:

@@ -158,6 +158,35 @@ def test_a_pair_with_nan_curves_is_named_not_trained_on(tmp_path, capsys):
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_a_signal_at_a_validation_step_still_validates_it(tmp_path, cache, monkeypatch):
+    """A stop signal arriving in step 4 (validation due): the run validates step 4, saves, stops; the resumed run
+    then has the same validation records and best.pt as one never interrupted."""
+    common = ("--steps", "8", "--val-every", "4", "--save-every", "100")
+    straight = tmp_path / "straight"
+    assert train.main(tiny_args(straight, cache, *common)) == 0
+
+    class SignalAtStep4(train.StopSignal):
+        reads = 0
+
+        @property
+        def received(self):
+            SignalAtStep4.reads += 1
+            return 2 if SignalAtStep4.reads == 4 else None  # read once per step: SIGINT during step 4
+
+        @received.setter
+        def received(self, value):
+            pass
+
+    split = tmp_path / "split"
+    monkeypatch.setattr(train, "StopSignal", SignalAtStep4)
+    assert train.main(tiny_args(split, cache, *common)) == 0
+    assert load(split / "last.pt")["step"] == 4 and [r["step"] for r in records(split, "val")] == [4]
+    monkeypatch.undo()
+    assert train.main(tiny_args(split, cache, *common, "--resume", "auto")) == 0
+    assert [r["step"] for r in records(split, "val")] == [r["step"] for r in records(straight, "val")] == [4, 8]
+    assert load(split / "best.pt")["step"] == load(straight / "best.pt")["step"]
+
+
 def test_resume_auto_without_a_checkpoint_starts_fresh(tmp_path, cache):
     out = tmp_path / "fresh"
     assert train.main(tiny_args(out, cache, "--steps", "2", "--resume", "auto", "--val-every", "100")) == 0
