@@ -695,7 +695,8 @@ def presence(mix: torch.Tensor, placed_a: torch.Tensor, placed_b: torch.Tensor, 
 
 
 def find_blend(gains: np.ndarray, beats: np.ndarray, threshold: float = 0.01) -> tuple[float, float]:
-    """(blend start, blend end): the first beat from which B stays in the mix, the end of A's last beat in it."""
+    """(blend start, blend end): the first beat from which B stays in the mix, the end of A's last beat in it; a
+    hard cut on a beat gets the beat around it."""
     a_in, b_in = gains[:, 0] > threshold, gains[:, 1] > threshold
     if not a_in.any() or not b_in.any():
         raise RejectedTransition(f"{'A' if not a_in.any() else 'B'} is never audible in the excerpt")
@@ -703,7 +704,11 @@ def find_blend(gains: np.ndarray, beats: np.ndarray, threshold: float = 0.01) ->
     first_b = int(np.argmax(steady)) if steady.any() else int(np.argmax(b_in))
     last_a = len(a_in) - 1 - int(np.argmax(a_in[::-1]))
     start, end = float(beats[first_b]), float(beats[last_a + 1])
-    return (start, end) if end >= start else (end, start)  # a gap (hard cut): the silence is the blend
+    start, end = (start, end) if end >= start else (end, start)  # a gap (hard cut): the silence is the blend
+    if end - start < 1e-6 and len(beats) > 1:  # a cut on a beat: one beat around it (no consumer takes 0 s)
+        half = 0.5 * float(np.median(np.diff(beats)))
+        start, end = max(float(beats[0]), start - half), min(float(beats[-1]), end + half)
+    return start, end
 
 
 # -- stems -----------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from data import real_mixes
 from data.real_mixes import (
     RealFitConfig,
     RejectedTransition,
+    find_blend,
     find_transitions,
     parse_time,
     process_transition,
@@ -353,3 +354,14 @@ def test_real_like_transitions_reach_15_db_through_the_cli(tmp_path):
             errors = bench.alignment_error_ms(entry["meta"], truths[name])
             assert max(errors["a"], errors["b"]) <= 5.0 and max(errors["ratio_a"], errors["ratio_b"]) <= 0.2
             assert entry["meta"]["fit"]["snr_db"] >= 15.0, entry["meta"]["fit"]
+
+
+def test_a_hard_cut_gets_the_beat_around_it_as_its_blend():
+    """Per-beat gains of A and B: a blend, a cut on beat 4, a gap of silence (beats: one every 0.5 s)."""
+    beats = np.arange(0.0, 5.01, 0.5)
+    blend = np.array([[1, 0]] * 3 + [[1, 1]] * 3 + [[0, 1]] * 4, dtype=float)
+    assert find_blend(blend, beats) == (1.5, 3.0)
+    cut = np.array([[1, 0]] * 4 + [[0, 1]] * 6, dtype=float)
+    assert find_blend(cut, beats) == (1.75, 2.25)  # was (2.0, 2.0): no metric or clip takes a 0 s blend
+    gap = np.array([[1, 0]] * 3 + [[0, 0]] * 2 + [[0, 1]] * 5, dtype=float)
+    assert find_blend(gap, beats) == (1.5, 2.5)  # the silence is the blend
