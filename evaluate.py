@@ -1206,6 +1206,8 @@ def evaluate(args: argparse.Namespace) -> str:
             skipped.append(entry.get("id"))
             continue
         try:  # a pair whose geometry the metrics cannot take (a cut with no blend) is skipped, not the run
+            if not pair.blend[1] > pair.blend[0]:
+                raise ValueError(f"its blend {pair.blend[0]:.2f}-{pair.blend[1]:.2f} s has no length")
             curves = baseline_curves(pair.context, seed=args.seed)
             if model is not None:
                 samples = model_curves(model, pair, k, args.steps, args.guidance, seed=args.seed * 1_000_003 + index)
