@@ -54,7 +54,7 @@ from data.stems import (
     separate_windows,
 )
 from data.transitions import DEFAULT_WEIGHTS, RECIPES, sample_recipe
-from dataset import STYLE_LABELS, build_track_features, seed_arg, style_index
+from dataset import MAX_SEED, STYLE_LABELS, build_track_features, seed_arg, style_index
 from effects.mixer import DifferentiableDJMixer
 from effects.output import LimiterReport, limit_true_peak, loudness_compensate
 from effects.params import SAMPLE_RATE
@@ -418,10 +418,6 @@ def _commit(jobs: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
                 backups.append((target, Path(old)))
             os.replace(tmp, target)
             placed.append(target)
-        for _, old in backups:
-            old.unlink(missing_ok=True)
-        backups.clear()
-        return placed
     except BaseException:
         for target in placed:  # all or nothing: undo what was moved in, restore what was there
             target.unlink(missing_ok=True)
@@ -431,6 +427,9 @@ def _commit(jobs: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
     finally:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
+    for _, old in backups:  # committed: the previous files are no longer needed
+        old.unlink(missing_ok=True)
+    return placed
 
 
 @dataclass
@@ -623,7 +622,7 @@ def generate_transition(
         raise InferenceError(f"--guidance-scale must be in 0..{MAX_GUIDANCE:g}, got {guidance_scale}")
     if duration is not None and not (duration > 0 and math.isfinite(duration)):
         raise InferenceError(f"--duration must be a positive number of seconds, got {duration}")
-    if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**63):
+    if not (isinstance(seed, (int, np.integer)) and 0 <= seed <= MAX_SEED):
         raise InferenceError(f"--seed must be an integer in 0..2^63-1, got {seed}")
     if not (context >= 0 and math.isfinite(context)):
         raise InferenceError(f"--context must be >= 0 seconds, got {context}")
@@ -906,8 +905,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default=None, help="stem/analysis cache (default $DJMIX_CACHE or "
                                                           "~/.cache/djmix/stems)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the caches")
-    parser.add_argument("--no-auto-gain", action="store_true", help="keep B at its own level (default: trim it "
-                                                                    "toward A's loudness, at most 12 dB)")
+    parser.add_argument("--no-auto-gain", action="store_true",
+                        help=f"keep B at its own level (default: trim it toward A's loudness, at most "
+                             f"{AUTO_GAIN_MAX_DB:g} dB)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default; 1 is "
                                                                 "often fastest on a machine shared with other jobs)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

@@ -264,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.audio:
             from data.audio import AudioError, load_audio
 
+            rate = doc["sample_rate"]
             try:
-                audio, rate = load_audio(args.audio, sample_rate=doc["sample_rate"], allow_silence=True).numpy(), \
-                    doc["sample_rate"]
+                audio = load_audio(args.audio, sample_rate=rate, allow_silence=True).numpy()
             except AudioError as error:
                 raise ParamsError(str(error)) from None
             expected = doc["audio"].get("n_samples") or (doc["audio"].get("duration_s") or 0.0) * rate
