@@ -53,7 +53,7 @@ from data.stems import (
     load_stems,
     separate_windows,
 )
-from data.transitions import DEFAULT_WEIGHTS, RECIPES, sample_recipe
+from data.transitions import DEFAULT_WEIGHTS, RECIPES, nearest_recipe, sample_recipe
 from dataset import MAX_SEED, STYLE_LABELS, build_track_features, seed_arg, style_index
 from effects.mixer import DifferentiableDJMixer
 from effects.output import LimiterReport, limit_true_peak, loudness_compensate
@@ -783,6 +783,8 @@ def generate_transition(
     kick = None if plan.kick_score is None else float(plan.kick_score)
     generator = {
         "kind": kinds[best], "model_path": planner.model_path, "recipe": labels[best], "style": style,
+        "nearest_recipe": labels[best] or nearest_recipe(
+            curves, clip.context(curves.shape[0]), RulePlanner.TEMPO_FREE if plan.time_based else None),
         "seed": int(seed), "guidance_scale": float(guidance_scale) if kinds[best] == "model" else None,
         "steps": _steps_used(planner, steps) if kinds[best] == "model" else None, "candidates": len(proposals),
         "scores": scores,

@@ -166,6 +166,9 @@ PARAMS_SCHEMA: dict = {
             "recipe": {**_STR_OR_NULL, "description": (
                 "the move played (a data/transitions.RECIPES label): the rule planner's recipe, the --style asked "
                 "for, or the model's move head's choice; null when the model's sampler chose it (--style free)")},
+            "nearest_recipe": {**_STR_OR_NULL, "description": (
+                "the recipe label itself, or where the sampler chose the move, the recipe whose typical curves "
+                "are closest to the curves played")},
             "style": _STR_OR_NULL,
             "seed": {"type": ["integer", "null"]},
             "guidance_scale": _NUM_OR_NULL,
@@ -173,7 +176,8 @@ PARAMS_SCHEMA: dict = {
             "candidates": {"type": "integer", "minimum": 1},
             "scores": {"type": ["array", "null"], "items": {"type": "object"},
                        "description": "per candidate: evaluation metrics (the best is kept)"},
-        }),
+        }, required=("kind", "model_path", "recipe", "style", "seed", "guidance_scale", "steps", "candidates",
+                     "scores")),  # nearest_recipe came later: older files lack it
         "output": _obj({
             "loudness_gain_db": {"type": ["array", "null"], "items": _NUM,
                                  "description": "[min, max] of the loudness-compensation gain"},
@@ -369,8 +373,9 @@ def build_params(
             "params": {p.name: {"unit": p.unit, "values": _round(physical[:, i], 5 if p.unit != "Hz" else 3)}
                        for i, p in enumerate(FULL.params)},
         },
-        "generator": {"kind": "rules", "model_path": None, "recipe": None, "style": None, "seed": None,
-                      "guidance_scale": None, "steps": None, "candidates": 1, "scores": None, **(generator or {})},
+        "generator": {"kind": "rules", "model_path": None, "recipe": None, "nearest_recipe": None, "style": None,
+                      "seed": None, "guidance_scale": None, "steps": None, "candidates": 1, "scores": None,
+                      **(generator or {})},
         "output": {"loudness_gain_db": None, "true_peak_dbfs": None, "ceiling_dbfs": None,
                    "limiter_reduction_db": None, **(output or {})},
         "warnings": [str(w) for w in warnings],
@@ -498,7 +503,8 @@ def summary_markdown(doc: dict, title: str = "Transition summary") -> str:
     lines.append(f"- **Tempo**: {grid}")
     lines.append(f"- **Blend**: {blend['bars']:g} bars, {blend['start_s']:.2f}-{blend['end_s']:.2f} s of the output")
     made = "the model" if gen["kind"] == "model" else "the rule planner"
-    extra = f" ({gen['recipe']})" if gen.get("recipe") else ""
+    extra = (f" ({gen['recipe']})" if gen.get("recipe") else
+             f" (its own move, nearest to {gen['nearest_recipe']})" if gen.get("nearest_recipe") else "")
     lines.append(f"- **Made by**: {made}{extra}, seed {gen.get('seed')}"
                  + (f", {gen['candidates']} candidates" if gen.get("candidates", 1) > 1 else ""))
     lines += ["", "## What happens when", ""]

@@ -84,6 +84,7 @@ __all__ = [
     "clip_teacher",
     "context_from_analyses",
     "generate_pair",
+    "nearest_recipe",
     "pair_from_tracks",
     "random_context",
     "render_transition",
@@ -883,6 +884,14 @@ def select_recipe(
     finite = [v if np.isfinite(v) else -np.inf for v in scores]
     best = int(np.argmax(finite))
     return labels[best], drafts[best], dict(zip(labels, scores))
+
+
+def nearest_recipe(curves: np.ndarray, ctx: TransitionContext, labels: Sequence[str] | None = None) -> str:
+    """The recipe (of `labels`, default all) whose typical curves on `ctx` are closest to `curves` [F, 58]
+    (mean squared difference of the normalised values): a name for a move that the model's sampler chose."""
+    labels = list(RECIPES) if labels is None else list(labels)
+    errors = [float(np.mean((_draft(label, ctx, TypicalChoices()) - curves) ** 2)) for label in labels]
+    return labels[int(np.argmin(errors))]
 
 
 def teacher_curves(

@@ -24,6 +24,7 @@ from data.keys import key_index
 from data.pairs import analysis_from_truth
 from data.report import read_params
 from data.synth import synthesize_track, write_track
+from data.transitions import RECIPES
 from dataset import STYLE_LABELS
 from effects.output import true_peak_db
 from model import create_ema, create_model, get_config, save_checkpoint
@@ -215,6 +216,7 @@ def test_model_checkpoint_samples_deterministically(work, tiny_checkpoint):
     gen = first.params["generator"]
     assert gen["kind"] == "model" and gen["model_path"] == str(tiny_checkpoint)
     assert gen["guidance_scale"] == 2.0 and gen["steps"] == 2 and gen["recipe"] is None
+    assert gen["nearest_recipe"] in RECIPES  # the sampler's own move, named after the recipe it is closest to
 
 
 def test_a_move_head_picks_the_style_and_params_json_names_it(work, tmp_path):
@@ -232,7 +234,8 @@ def test_a_move_head_picks_the_style_and_params_json_names_it(work, tmp_path):
                          for style in (None, "filter_sweep", "free"))
     assert auto.params["generator"]["recipe"] == "filter_sweep" and auto.params["generator"]["style"] is None
     assert np.array_equal(auto.curves, asked.curves) and not np.array_equal(auto.curves, free.curves)
-    assert free.params["generator"]["recipe"] is None
+    assert free.params["generator"]["recipe"] is None and free.params["generator"]["nearest_recipe"] in RECIPES
+    assert auto.params["generator"]["nearest_recipe"] == "filter_sweep"
     # with imposed-style tokens a --style is an asked-for move, the head's choice the music's own: other tokens
     model = create_model(get_config("tiny", model__n_styles=9, model__move_head=True, model__imposed_styles=True))
     with torch.no_grad():
