@@ -91,7 +91,8 @@ def stem_log_mels(stems: torch.Tensor, n_frames: int, n_mels: int = 128,
     """Log-mel per stem on the curve grid: stems [4, 2, N] -> [4, n_mels, F] (natural log of power)."""
     mono = stems.float().mean(dim=1)  # [4, N]
     spec = torch.stft(mono, MEL_N_FFT, MEL_HOP, window=torch.hann_window(MEL_N_FFT), return_complex=True)
-    mel = _mel_basis(n_mels, sample_rate) @ spec.abs().square()  # [4, n_mels, M]
+    power = torch.view_as_real(spec).square().sum(-1)  # |X|^2 without the complex abs (its hypot: 2.5x slower)
+    mel = _mel_basis(n_mels, sample_rate) @ power  # [4, n_mels, M]
     centres = frame_times(n_frames, stems.shape[-1], sample_rate) * sample_rate
     return torch.log(_pool_to_frames(mel, centres, MEL_HOP, n_frames) + 1e-8)
 
