@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import signal
 
+import effects.output as output_module
 from effects.output import (
     GAIN_LIMITS,
     HOP,
@@ -113,6 +114,30 @@ def test_limiter_ceiling_holds_on_full_band_material():
                                                                                window=("kaiser", 8.0)))
     assert report.max_reduction_db > 1.0
     assert 20 * np.log10(np.abs(reference).max()) <= -1.0 + 0.6
+
+
+def test_limiter_gain_in_chunks_is_the_whole_signal_computation(monkeypatch):
+    """The gain reduction is computed chunk by chunk (a two-hour --full-mix needs no full-length float64 arrays):
+    with overs and releases across chunk edges it equals one chunk over the whole signal, and so does the output."""
+    x = noise(4.0, 0.05, 3)
+    t = np.arange(x.shape[-1]) / SR
+    for at in (0.5, 1.0, 1.02, 2.7, 3.99):  # bursts near chunk edges, one at the very end
+        burst = (t > at) & (t < at + 0.01)
+        x[:, burst] += (1.5 * np.sin(2 * np.pi * 3000 * t[burst])).astype(np.float32)
+    env = output_module.true_peak_envelope(x, floor=0.3)
+    args = (env, 0.89, SR, 0.005, 0.08)
+    whole = np.concatenate([r for _, r in output_module._reduction_chunks(*args, chunk=len(env))])
+    pieces = list(output_module._reduction_chunks(*args, chunk=5000))
+    assert [start for start, _ in pieces] == list(range(0, len(env), 5000))
+    chunked = np.concatenate([r for _, r in pieces])
+    assert whole.max() > 3.0 and np.count_nonzero(whole) > 0.02 * len(whole)
+    assert np.allclose(chunked, whole, rtol=1e-9, atol=1e-12) and np.array_equal(chunked > 0, whole > 0)
+    out_whole, report_whole = limit_true_peak(x, SR)
+    monkeypatch.setattr(output_module._reduction_chunks, "__defaults__", (7000,))
+    out_chunked, report_chunked = limit_true_peak(x, SR)
+    assert np.allclose(out_chunked, out_whole, rtol=1e-6, atol=1e-7)
+    assert report_chunked.max_reduction_db == pytest.approx(report_whole.max_reduction_db, abs=1e-6)
+    assert report_chunked.peak_out_db <= -1.0 + 1e-3
 
 
 def test_limiter_passes_quiet_audio_bit_exact():
