@@ -216,7 +216,9 @@ def plot_params(doc: dict, path: str | os.PathLike, audio: np.ndarray | None = N
             _bars_axis(ax, doc)
     keys, tempo = doc["keys"], doc["tempo"]
     key = keys.get("report") or "keys unknown"
-    made = doc["generator"]["kind"] + (f" ({doc['generator']['recipe']})" if doc["generator"].get("recipe") else "")
+    gen = doc["generator"]
+    made = gen["kind"] + (f" ({gen['recipe']})" if gen.get("recipe") else
+                          f" (its own move, nearest {gen['nearest_recipe']})" if gen.get("nearest_recipe") else "")
     fig.suptitle(f"A -> B transition: {doc['blend']['bars']:g} bars at {tempo['bpm']:.1f} BPM, {key}; made by {made}",
                  fontsize=12, y=1.0 - 0.25 / height)
     path = Path(path)

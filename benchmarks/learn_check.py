@@ -62,7 +62,7 @@ from dataset import (  # noqa: E402
 )
 from effects.params import FULL, get_layout  # noqa: E402
 from model import load_model  # noqa: E402
-from model.checkpoint import read_checkpoint  # noqa: E402
+from model.checkpoint import export_weights, read_checkpoint  # noqa: E402
 
 EVAL_SEED_OFFSET = train_cli.VAL_SEED_OFFSET + 17  # held-out pairs: neither a training nor train.py's val pair
 
@@ -350,6 +350,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mean-of", type=int, default=4, help="samples averaged per pair (approximates E[curves|A,B])")
     p.add_argument("--eval-batch", type=int, default=20)
     p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--export", type=Path, help="also write the run's EMA weights here in float16, as inference.py "
+                                               "loads them (python -m model.checkpoint OUTPUT/last.pt PATH --fp16)")
     return p.parse_args(argv)
 
 
@@ -363,6 +365,8 @@ def run(argv: list[str] | None = None) -> dict:
         if code:
             raise SystemExit(f"train.py failed with exit code {code}")
     train_s = time.perf_counter() - t0
+    if args.export:
+        print(f"exported the EMA weights: {export_weights(args.output / 'last.pt', args.export, torch.float16)}")
     model = load_model(args.output / "last.pt", "cpu")
     steps_done = int(read_checkpoint(args.output / "last.pt", "cpu").get("step", -1))  # < steps after SIGTERM
     assert get_layout(model.config.model.layout) is model.layout

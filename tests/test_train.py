@@ -458,3 +458,27 @@ def test_a_trained_model_answers_its_input_not_a_fixed_curve(tmp_path):
     fixed = mse(curves.mean(0, keepdim=True).expand_as(curves))
     assert mse(cond) < 0.5 * fixed, (mse(cond), fixed)
     assert mse(cond) < 0.5 * mse(null), (mse(cond), mse(null))
+
+
+def test_learn_check_trains_measures_and_exports_the_weights_inference_loads(tmp_path, cache):
+    """The default model's recipe is one command: benchmarks/learn_check.py makes the pairs, trains, measures and
+    (--export) writes the run's EMA weights in float16 where inference.py reads them."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import learn_check
+
+    from model import load_model
+    from model.checkpoint import read_checkpoint
+
+    out, weights = tmp_path / "run", tmp_path / "checkpoints" / "default.pt"
+    report = learn_check.run(["--model-size", "tiny", "--config", "model.n_mels=32", "--train-pairs", "4",
+                              "--eval-pairs", "2", "--steps", "2", "--batch-size", "2", "--track-duration", "12",
+                              "--cache", str(cache), "--output", str(out), "--guidance", "0", "1", "--mean-of", "1",
+                              "--jobs", "1",
+                              "--sample-steps", "2", "--export", str(weights), "--json", str(tmp_path / "r.json")])
+    assert report["sizes"]["steps_done"] == 2 and json.loads((tmp_path / "r.json").read_text())["sizes"]
+    stored = read_checkpoint(weights)
+    assert {t.dtype for t in stored["ema"].values() if t.is_floating_point()} == {torch.float16}
+    ema = read_checkpoint(out / "last.pt")["ema"]
+    model = load_model(weights)
+    for name, value in model.state_dict().items():  # the EMA weights, to float16 rounding
+        assert torch.allclose(value, ema[f"module.{name}"] if f"module.{name}" in ema else ema[name], atol=1e-3), name
