@@ -21,7 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from data.report import AUDIBLE_DB, ParamsError, read_params, stem_activity, summary_markdown, validate_params
+from data.report import (
+    AUDIBLE_DB,
+    ParamsError,
+    move_note,
+    read_params,
+    stem_activity,
+    summary_markdown,
+    validate_params,
+)
 from effects.params import STEMS, TRACKS
 
 __all__ = ["main", "plot_params", "summary_markdown"]
@@ -216,9 +224,7 @@ def plot_params(doc: dict, path: str | os.PathLike, audio: np.ndarray | None = N
             _bars_axis(ax, doc)
     keys, tempo = doc["keys"], doc["tempo"]
     key = keys.get("report") or "keys unknown"
-    gen = doc["generator"]
-    made = gen["kind"] + (f" ({gen['recipe']})" if gen.get("recipe") else
-                          f" (its own move, nearest {gen['nearest_recipe']})" if gen.get("nearest_recipe") else "")
+    made = doc["generator"]["kind"] + move_note(doc["generator"])
     fig.suptitle(f"A -> B transition: {doc['blend']['bars']:g} bars at {tempo['bpm']:.1f} BPM, {key}; made by {made}",
                  fontsize=12, y=1.0 - 0.25 / height)
     path = Path(path)

@@ -480,6 +480,16 @@ def timeline_events(doc: dict, threshold_db: float = AUDIBLE_DB) -> list[Event]:
     return events
 
 
+def move_note(generator: dict) -> str:
+    """The move a params.json generator played, for a title: ' (bass_swap)', ' (its own move, nearest to
+    bass_swap)' where the sampler chose it, or '' (older files name nothing)."""
+    if generator.get("recipe"):
+        return f" ({generator['recipe']})"
+    if generator.get("nearest_recipe"):
+        return f" (its own move, nearest to {generator['nearest_recipe']})"
+    return ""
+
+
 def summary_markdown(doc: dict, title: str = "Transition summary") -> str:
     """A short markdown report: the two tracks, tempo and key, the blend, and one line per moment
     ("bar 9: A bass out, B bass in"), then the warnings."""
@@ -503,9 +513,7 @@ def summary_markdown(doc: dict, title: str = "Transition summary") -> str:
     lines.append(f"- **Tempo**: {grid}")
     lines.append(f"- **Blend**: {blend['bars']:g} bars, {blend['start_s']:.2f}-{blend['end_s']:.2f} s of the output")
     made = "the model" if gen["kind"] == "model" else "the rule planner"
-    extra = (f" ({gen['recipe']})" if gen.get("recipe") else
-             f" (its own move, nearest to {gen['nearest_recipe']})" if gen.get("nearest_recipe") else "")
-    lines.append(f"- **Made by**: {made}{extra}, seed {gen.get('seed')}"
+    lines.append(f"- **Made by**: {made}{move_note(gen)}, seed {gen.get('seed')}"
                  + (f", {gen['candidates']} candidates" if gen.get("candidates", 1) > 1 else ""))
     lines += ["", "## What happens when", ""]
     groups: dict[tuple[int, int], list[Event]] = {}

@@ -13,6 +13,7 @@ from data.report import (
     ParamsError,
     build_params,
     curves_from_params,
+    move_note,
     read_params,
     stem_activity,
     summary_markdown,
@@ -128,3 +129,15 @@ def test_summary_groups_events_by_bar():
     assert lines and all(":" in line for line in lines)
     assert any("A echo on" in line for line in lines)
     assert "16 bars" in text and "echo_out" in text
+
+
+def test_move_note_names_the_move_played():
+    """The summary and the plot title say which move was played: the recipe, else the nearest recipe to the
+    sampler's own move, else nothing (older params.json files)."""
+    assert move_note({"recipe": "echo_out", "nearest_recipe": "echo_out"}) == " (echo_out)"
+    assert move_note({"recipe": None, "nearest_recipe": "bass_swap"}) == " (its own move, nearest to bass_swap)"
+    assert move_note({"recipe": None}) == ""
+    doc, _, _ = document("echo_out")
+    doc["generator"].update(kind="model", recipe=None, nearest_recipe="filter_sweep")
+    validate_params(doc)
+    assert "the model (its own move, nearest to filter_sweep)" in summary_markdown(doc)
